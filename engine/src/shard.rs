@@ -1,0 +1,1243 @@
+//! Incremental segment membership for one tenant shard.
+//!
+//! A [`Shard`] owns the state of its customers (attribute columns, computed traits,
+//! event counters) and the membership of every segment of the tenant. It is driven
+//! by two calls, both taking `now`:
+//!
+//! * [`Shard::apply`] folds one event into the customer's state and re-evaluates
+//!   only the segments that depend on what changed (a dependency index from
+//!   attribute, trait and counter to segments);
+//! * [`Shard::advance_time`] pops the [deadline index](crate::deadline) and
+//!   re-evaluates exactly the (segment, customer) pairs whose answer may have
+//!   changed by the mere passage of time, and refreshes windowed traits.
+//!
+//! Both append [`Delta`]s (entered/exited) to a caller-supplied buffer. The
+//! invariant, checked by the oracle property test, is that after either call the
+//! membership of every segment equals a from-scratch evaluation of its rule over
+//! all customers at the shard's `now`.
+//!
+//! ```
+//! use serde_json::json;
+//! use xeno_engine::{model::Event, rule::dsl, shard::{Shard, SegmentId, Transition}, time::{Timestamp, DAY}};
+//! let mut shard = Shard::new(Default::default());
+//! let history: Vec<Event> = Vec::new();
+//! let mut deltas = Vec::new();
+//! let rule = dsl::parse("performed \"Order Completed\" within 30d").unwrap();
+//! shard.add_segment(SegmentId(1), rule, &history, &mut deltas).unwrap();
+//! let t0 = Timestamp(1_700_000_000_000);
+//! let order = Event::track("m1", "ada", t0, "Order Completed", json!({"revenue": 120}));
+//! shard.apply(&order, t0, &mut deltas).unwrap();
+//! assert_eq!(deltas[0].transition, Transition::Entered);
+//! deltas.clear();
+//! shard.advance_time(Timestamp(t0.0 + 30 * DAY), &mut deltas);
+//! assert_eq!(deltas[0].transition, Transition::Exited);
+//! ```
+//!
+//! Row 0 of every column is a customer that never receives an event: evaluating
+//! a rule on it tells which segments a brand-new customer belongs to.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+use crate::counters::Counter;
+use crate::deadline::{DeadlineIndex, DeadlineKey};
+use crate::model::{AttrType, AttrValue, Event, EventKind, FieldOrigin, Schema, SchemaError};
+use crate::ports::{EventHistory, HistoryError};
+use crate::rule::Rule;
+use crate::rule::compile::{
+    CompiledRule, CounterSpec, EvalContext, FieldRef, Resolver, RuleError, check_property_filter,
+    compile, eval_property_filter,
+};
+use crate::table::AttributeColumn;
+use crate::time::{Duration, HOUR, SECOND, Timestamp};
+use crate::traits::{ComputedTrait, ComputedTraitDef, TraitDefError};
+
+/// Most attributes a tenant may have.
+pub const MAX_FIELDS: usize = 2_000;
+/// Longest customer id, in bytes.
+pub const MAX_ID_BYTES: usize = 1_024;
+/// Deepest nesting of objects in identify traits that is flattened to dotted names.
+const MAX_TRAIT_NESTING: usize = 4;
+/// Deadline keys of windowed traits have this bit set; segments do not.
+const TRAIT_TARGET: u32 = 1 << 31;
+
+/// Shard settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Granularity of the deadline wheel, at most one second.
+    pub tick: Duration,
+    /// How long a `messageId` is remembered for deduplication (at least this long,
+    /// at most twice as long).
+    pub dedup_window: Duration,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            tick: Duration(SECOND),
+            dedup_window: Duration(24 * HOUR),
+        }
+    }
+}
+
+/// A segment's identity, chosen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SegmentId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transition {
+    Entered,
+    Exited,
+}
+
+/// What made a membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// An event changed the customer's state.
+    Event,
+    /// Time passed (a window closed or opened).
+    Time,
+    /// A segment was created and filled from current state.
+    Backfill,
+    /// A segment's rule changed.
+    RuleChange,
+}
+
+/// One membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Delta {
+    pub segment: SegmentId,
+    /// The customer's dense id in this shard; [`Shard::customer_id`] gives the
+    /// external id.
+    pub customer: u32,
+    pub transition: Transition,
+    pub at: Timestamp,
+    pub cause: Cause,
+}
+
+/// A trait of an identify call that was not stored, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The result of [`Shard::apply`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The event's `messageId` was seen before: nothing changed.
+    pub duplicate: bool,
+    /// The customer's dense id.
+    pub customer: u32,
+    /// Values refused because of a type conflict; the rest of the event applied.
+    pub rejected: Vec<Rejection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the event has neither userId nor anonymousId")]
+    NoIdentity,
+    #[error("the customer id is longer than {MAX_ID_BYTES} bytes")]
+    IdTooLong,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("invalid rule: {0}")]
+    Rule(#[from] RuleError),
+    #[error("segment {0:?} exists already")]
+    Exists(SegmentId),
+    #[error("no segment {0:?}")]
+    Unknown(SegmentId),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TraitError {
+    #[error(transparent)]
+    Definition(#[from] TraitDefError),
+    #[error("`{0}` is already a computed trait or an attribute")]
+    NameTaken(String),
+    #[error("invalid `where` of computed trait: {0}")]
+    Filter(RuleError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+/// Which computed traits and counters look at events of one name.
+#[derive(Debug, Clone, Default)]
+struct Subscribers {
+    traits: Vec<u32>,
+    counters: Vec<u32>,
+}
+
+/// Customer state: everything rules read.
+#[derive(Debug, Clone)]
+struct State {
+    schema: Schema,
+    attrs: Vec<AttributeColumn>,
+    traits: Vec<ComputedTrait>,
+    trait_by_name: FxHashMap<String, u32>,
+    counters: Vec<Counter>,
+    counter_by_key: FxHashMap<String, u32>,
+    /// Per track event name; `any_event` gets every message.
+    by_event: FxHashMap<String, Subscribers>,
+    any_event: Subscribers,
+    customers: FxHashMap<Box<str>, u32>,
+    external_ids: Vec<Box<str>>,
+}
+
+impl Resolver for State {
+    fn resolve(&self, name: &str) -> Option<(FieldRef, AttrType)> {
+        if let Some(&t) = self.trait_by_name.get(name) {
+            return Some((FieldRef::Trait(t), self.traits[t as usize].ty));
+        }
+        self.schema
+            .get(name)
+            .map(|(id, def)| (FieldRef::Attr(id.0), def.ty))
+    }
+}
+
+impl State {
+    fn ctx<'a>(&'a self, extra_counters: &'a [Counter]) -> EvalContext<'a> {
+        EvalContext {
+            attrs: &self.attrs,
+            traits: &self.traits,
+            counters: &self.counters,
+            extra_counters,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.external_ids.len()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SegmentSlot {
+    id: SegmentId,
+    rule: Rule,
+    compiled: CompiledRule,
+    counter_ids: Vec<u32>,
+    members: roaring::RoaringBitmap,
+    version: u64,
+}
+
+/// Segments and the dependency index.
+#[derive(Debug, Clone, Default)]
+struct Segments {
+    slots: Vec<Option<SegmentSlot>>,
+    by_id: FxHashMap<SegmentId, u32>,
+    by_attr: Vec<Vec<u32>>,
+    by_trait: Vec<Vec<u32>>,
+    by_counter: Vec<Vec<u32>>,
+    /// Segments a customer with no events belongs to.
+    empty_members: Vec<u32>,
+    /// Per slot: the apply generation that last marked it.
+    marks: Vec<u32>,
+    generation: u32,
+    touched: Vec<u32>,
+}
+
+impl Segments {
+    fn begin(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.generation = 1;
+        }
+        self.touched.clear();
+    }
+
+    fn mark_all(&mut self, slots: &[u32]) {
+        for &s in slots {
+            let m = &mut self.marks[s as usize];
+            if *m != self.generation {
+                *m = self.generation;
+                self.touched.push(s);
+            }
+        }
+    }
+
+    fn mark_dep(&mut self, dep: FieldRef) {
+        let list = match dep {
+            FieldRef::Attr(a) => std::mem::take(&mut self.by_attr[a as usize]),
+            FieldRef::Trait(t) => std::mem::take(&mut self.by_trait[t as usize]),
+        };
+        self.mark_all(&list);
+        match dep {
+            FieldRef::Attr(a) => self.by_attr[a as usize] = list,
+            FieldRef::Trait(t) => self.by_trait[t as usize] = list,
+        }
+    }
+
+    fn mark_counter(&mut self, c: u32) {
+        let list = std::mem::take(&mut self.by_counter[c as usize]);
+        self.mark_all(&list);
+        self.by_counter[c as usize] = list;
+    }
+
+    fn is_marked(&self, slot: u32) -> bool {
+        self.marks[slot as usize] == self.generation
+    }
+
+    /// Re-evaluates one pair, updates membership and the deadline, emits a delta.
+    #[allow(clippy::too_many_arguments)]
+    fn reevaluate(
+        &mut self,
+        slot: u32,
+        ctx: &EvalContext<'_>,
+        deadlines: &mut DeadlineIndex,
+        row: u32,
+        now: Timestamp,
+        cause: Cause,
+        out: &mut Vec<Delta>,
+    ) {
+        let Some(seg) = self.slots[slot as usize].as_mut() else {
+            return;
+        };
+        let (member, until) = seg.compiled.evaluate(ctx, row, now);
+        let was = seg.members.contains(row);
+        if member != was {
+            if member {
+                seg.members.insert(row);
+            } else {
+                seg.members.remove(row);
+            }
+            out.push(Delta {
+                segment: seg.id,
+                customer: row,
+                transition: if member {
+                    Transition::Entered
+                } else {
+                    Transition::Exited
+                },
+                at: now,
+                cause,
+            });
+        }
+        if seg.compiled.time_dependent {
+            deadlines.schedule(DeadlineKey::new(slot, row), until);
+        }
+    }
+
+    fn register(&mut self, slot: u32, compiled: &CompiledRule, counter_ids: &[u32]) {
+        for f in &compiled.fields {
+            let list = match *f {
+                FieldRef::Attr(a) => &mut self.by_attr[a as usize],
+                FieldRef::Trait(t) => &mut self.by_trait[t as usize],
+            };
+            if !list.contains(&slot) {
+                list.push(slot);
+            }
+        }
+        for &c in counter_ids {
+            let list = &mut self.by_counter[c as usize];
+            if !list.contains(&slot) {
+                list.push(slot);
+            }
+        }
+    }
+
+    fn unregister(&mut self, slot: u32) {
+        for list in self
+            .by_attr
+            .iter_mut()
+            .chain(self.by_trait.iter_mut())
+            .chain(self.by_counter.iter_mut())
+        {
+            list.retain(|s| *s != slot);
+        }
+        self.empty_members.retain(|s| *s != slot);
+    }
+}
+
+/// Remembers `messageId`s for at least the dedup window (two rotating sets).
+#[derive(Debug, Clone)]
+struct Dedup {
+    window: i64,
+    current: FxHashSet<u128>,
+    previous: FxHashSet<u128>,
+    current_since: i64,
+}
+
+impl Dedup {
+    fn first_sighting(&mut self, message_id: &str) -> bool {
+        let h = xxhash_rust::xxh3::xxh3_128(message_id.as_bytes());
+        !self.previous.contains(&h) && self.current.insert(h)
+    }
+
+    fn rotate(&mut self, now: Timestamp) {
+        if self.current_since == i64::MIN {
+            self.current_since = now.0;
+        } else if now.0.saturating_sub(self.current_since) >= self.window {
+            self.previous = std::mem::take(&mut self.current);
+            self.current_since = now.0;
+        }
+    }
+}
+
+/// The result of an audience preview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// Exact number of matching customers.
+    pub count: u64,
+    /// Dense ids of the first matching customers, in id order.
+    pub sample: Vec<u32>,
+}
+
+/// What a customer looks like now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerView {
+    pub id: String,
+    pub attributes: Vec<(String, AttrValue)>,
+    pub computed: Vec<(String, AttrValue)>,
+    pub segments: Vec<SegmentId>,
+}
+
+/// One tenant shard. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    config: ShardConfig,
+    now: Timestamp,
+    state: State,
+    segments: Segments,
+    deadlines: DeadlineIndex,
+    dedup: Dedup,
+    due: Vec<(DeadlineKey, Timestamp)>,
+}
+
+impl Shard {
+    /// A shard with the built-in computed traits and no customers.
+    pub fn new(config: ShardConfig) -> Shard {
+        let mut shard = Shard {
+            config,
+            now: Timestamp::MIN,
+            state: State {
+                schema: Schema::default(),
+                attrs: Vec::new(),
+                traits: Vec::new(),
+                trait_by_name: FxHashMap::default(),
+                counters: Vec::new(),
+                counter_by_key: FxHashMap::default(),
+                by_event: FxHashMap::default(),
+                any_event: Subscribers::default(),
+                customers: FxHashMap::default(),
+                external_ids: Vec::new(),
+            },
+            segments: Segments::default(),
+            deadlines: DeadlineIndex::new(config.tick.millis().clamp(1, 1000)),
+            dedup: Dedup {
+                window: config.dedup_window.millis().max(1),
+                current: FxHashSet::default(),
+                previous: FxHashSet::default(),
+                current_since: i64::MIN,
+            },
+            due: Vec::new(),
+        };
+        // Row 0: the customer with no events.
+        shard.state.external_ids.push("".into());
+        let no_history: &[Event] = &[];
+        for def in ComputedTraitDef::builtins() {
+            shard
+                .declare_trait(def, &no_history)
+                .expect("built-in traits are valid");
+        }
+        shard
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// The shard's clock: the latest `now` it was given.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.state.schema
+    }
+
+    /// Declares an attribute's type ahead of data.
+    pub fn declare_field(&mut self, name: &str, ty: AttrType) -> Result<(), SchemaError> {
+        if self.state.trait_by_name.contains_key(name) {
+            return Err(SchemaError::Conflict {
+                field: name.to_string(),
+                existing: self.state.traits[self.state.trait_by_name[name] as usize].ty,
+                requested: ty,
+            });
+        }
+        self.ensure_field(name, ty, FieldOrigin::Declared)
+            .map(|_| ())
+    }
+
+    fn ensure_field(
+        &mut self,
+        name: &str,
+        ty: AttrType,
+        origin: FieldOrigin,
+    ) -> Result<u32, SchemaError> {
+        let before = self.state.schema.fields().len();
+        let id = self.state.schema.add(name, ty, origin)?;
+        if self.state.schema.fields().len() > before {
+            let mut column = AttributeColumn::new(ty);
+            column.resize(self.state.rows());
+            self.state.attrs.push(column);
+            self.segments.by_attr.push(Vec::new());
+        }
+        Ok(id.0)
+    }
+
+    /// Number of customers.
+    pub fn customer_count(&self) -> usize {
+        self.state.rows() - 1
+    }
+
+    /// The external id of a dense id.
+    pub fn customer_id(&self, row: u32) -> Option<&str> {
+        (row != 0)
+            .then(|| self.state.external_ids.get(row as usize))
+            .flatten()
+            .map(|s| &**s)
+    }
+
+    /// The dense id of an external id.
+    pub fn customer_row(&self, external_id: &str) -> Option<u32> {
+        self.state.customers.get(external_id).copied()
+    }
+
+    fn row_for(&mut self, key: &str) -> (u32, bool) {
+        if let Some(&row) = self.state.customers.get(key) {
+            return (row, false);
+        }
+        let row = self.state.rows() as u32;
+        self.state.customers.insert(key.into(), row);
+        self.state.external_ids.push(key.into());
+        let rows = self.state.rows();
+        for column in &mut self.state.attrs {
+            column.resize(rows);
+        }
+        for t in &mut self.state.traits {
+            t.resize(rows);
+        }
+        (row, true)
+    }
+
+    /// Applies one event at `now` (after [`Self::advance_time`] to `now`), appending
+    /// membership changes to `out`.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        out: &mut Vec<Delta>,
+    ) -> Result<Applied, ApplyError> {
+        let key = event.customer_key().ok_or(ApplyError::NoIdentity)?;
+        if key.len() > MAX_ID_BYTES {
+            return Err(ApplyError::IdTooLong);
+        }
+        self.advance_time(now, out);
+        let now = self.now;
+        if !self.dedup.first_sighting(&event.message_id) {
+            return Ok(Applied {
+                duplicate: true,
+                customer: self.customer_row(key).unwrap_or(0),
+                rejected: Vec::new(),
+            });
+        }
+        let (row, created) = self.row_for(key);
+        let mut rejected = Vec::new();
+        self.segments.begin();
+
+        if let EventKind::Identify { traits } = &event.kind {
+            self.write_traits(row, event.timestamp, "", traits, 0, &mut rejected);
+        }
+        let track = event.track_name();
+        let properties = event.properties();
+        let named = track.and_then(|name| self.state.by_event.get_mut(name).map(std::mem::take));
+        let any = std::mem::take(&mut self.state.any_event);
+        for &t in named.iter().flat_map(|s| &s.traits).chain(&any.traits) {
+            self.fold_trait(
+                t,
+                row,
+                event.timestamp,
+                track,
+                properties,
+                now,
+                &mut rejected,
+            );
+        }
+        for &c in named.iter().flat_map(|s| &s.counters) {
+            let counter = &mut self.state.counters[c as usize];
+            if counter.matches(properties) && counter.record(row, event.timestamp) {
+                self.segments.mark_counter(c);
+            }
+        }
+        self.state.any_event = any;
+        if let (Some(name), Some(subs)) = (track, named) {
+            *self.state.by_event.get_mut(name).expect("taken above") = subs;
+        }
+
+        let ctx = self.state.ctx(&[]);
+        if created {
+            for i in 0..self.segments.empty_members.len() {
+                let slot = self.segments.empty_members[i];
+                if !self.segments.is_marked(slot) {
+                    // Unchanged from the empty customer, whose answer never depends on time.
+                    self.segments.reevaluate(
+                        slot,
+                        &ctx,
+                        &mut self.deadlines,
+                        row,
+                        now,
+                        Cause::Event,
+                        out,
+                    );
+                }
+            }
+        }
+        for i in 0..self.segments.touched.len() {
+            let slot = self.segments.touched[i];
+            self.segments
+                .reevaluate(slot, &ctx, &mut self.deadlines, row, now, Cause::Event, out);
+        }
+        Ok(Applied {
+            duplicate: false,
+            customer: row,
+            rejected,
+        })
+    }
+
+    fn write_traits(
+        &mut self,
+        row: u32,
+        at: Timestamp,
+        prefix: &str,
+        traits: &Map<String, Json>,
+        depth: usize,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        for (key, value) in traits {
+            let name = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            let reject = |reason: String| Rejection {
+                field: name.clone(),
+                reason,
+            };
+            if let Json::Object(inner) = value {
+                if depth + 1 >= MAX_TRAIT_NESTING {
+                    rejected.push(reject(format!(
+                        "objects nested deeper than {MAX_TRAIT_NESTING} levels are not stored"
+                    )));
+                } else {
+                    self.write_traits(row, at, &name, inner, depth + 1, rejected);
+                }
+                continue;
+            }
+            if self.state.trait_by_name.contains_key(&name) {
+                rejected.push(reject(format!(
+                    "`{name}` is a computed trait and cannot be set"
+                )));
+                continue;
+            }
+            let id = match self.state.schema.get(&name) {
+                Some((id, _)) => id.0,
+                None => {
+                    if value.is_null() {
+                        continue;
+                    }
+                    let Some(ty) = AttrValue::infer_type(value) else {
+                        rejected.push(reject(format!(
+                            "{value} cannot be stored: use a string, number, boolean, RFC 3339 time or list of strings"
+                        )));
+                        continue;
+                    };
+                    if self.state.schema.fields().len() >= MAX_FIELDS {
+                        rejected.push(reject(format!(
+                            "the tenant has {MAX_FIELDS} fields already"
+                        )));
+                        continue;
+                    }
+                    match self.ensure_field(&name, ty, FieldOrigin::Inferred) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            rejected.push(reject(e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let ty = self.state.schema.field(crate::model::AttrId(id)).ty;
+            let typed = if value.is_null() {
+                None
+            } else {
+                match AttrValue::from_json_as(value, ty) {
+                    Some(v) => Some(v),
+                    None => {
+                        rejected.push(reject(format!("`{name}` is {ty}, got {value}")));
+                        continue;
+                    }
+                }
+            };
+            if self.state.attrs[id as usize].write(row, at, typed.as_ref()) {
+                self.segments.mark_dep(FieldRef::Attr(id));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fold_trait(
+        &mut self,
+        t: u32,
+        row: u32,
+        timestamp: Timestamp,
+        track: Option<&str>,
+        properties: Option<&Map<String, Json>>,
+        now: Timestamp,
+        rejected: &mut Vec<Rejection>,
+    ) {
+        let computed = &mut self.state.traits[t as usize];
+        if !computed.def.matches_name(track) {
+            return;
+        }
+        if let Some(filter) = &computed.def.filter
+            && !eval_property_filter(filter, properties)
+        {
+            return;
+        }
+        match computed.def.input(timestamp, properties, computed.ty) {
+            Ok(Some(input)) => {
+                let (changed, next) = computed.apply(row, timestamp, input, now);
+                if computed.is_windowed() {
+                    self.deadlines
+                        .schedule(DeadlineKey::new(TRAIT_TARGET | t, row), next);
+                }
+                if changed {
+                    self.segments.mark_dep(FieldRef::Trait(t));
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => rejected.push(Rejection {
+                field: computed.def.of.join("|"),
+                reason,
+            }),
+        }
+    }
+
+    /// Moves the shard's clock to `now` (never backwards) and re-evaluates what is
+    /// due, appending the changes to `out`.
+    pub fn advance_time(&mut self, now: Timestamp, out: &mut Vec<Delta>) {
+        if now <= self.now {
+            return;
+        }
+        self.now = now;
+        self.dedup.rotate(now);
+        let mut due = std::mem::take(&mut self.due);
+        self.deadlines.pop_due(now, &mut due);
+        if due.is_empty() {
+            self.due = due;
+            return;
+        }
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for &(key, _) in &due {
+            if key.target() & TRAIT_TARGET != 0 {
+                let t = key.target() & !TRAIT_TARGET;
+                let (changed, next) = self.state.traits[t as usize].refresh(key.row(), now);
+                self.deadlines.schedule(key, next);
+                if changed {
+                    pairs.extend(
+                        self.segments.by_trait[t as usize]
+                            .iter()
+                            .map(|s| (*s, key.row())),
+                    );
+                }
+            } else {
+                pairs.push((key.target(), key.row()));
+            }
+        }
+        due.clear();
+        self.due = due;
+        pairs.sort_unstable_by_key(|(slot, row)| (*row, *slot));
+        pairs.dedup();
+        let ctx = self.state.ctx(&[]);
+        for (slot, row) in pairs {
+            self.segments
+                .reevaluate(slot, &ctx, &mut self.deadlines, row, now, Cause::Time, out);
+        }
+    }
+
+    /// The earliest instant at which [`Self::advance_time`] has work to do.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.next_due()
+    }
+
+    /// Declares a computed trait and fills it from `history` (every event applied
+    /// so far).
+    pub fn declare_trait(
+        &mut self,
+        def: ComputedTraitDef,
+        history: &dyn EventHistory,
+    ) -> Result<(), TraitError> {
+        if self.state.trait_by_name.contains_key(&def.name)
+            || self.state.schema.get(&def.name).is_some()
+        {
+            return Err(TraitError::NameTaken(def.name));
+        }
+        if let Some(filter) = &def.filter {
+            check_property_filter(filter).map_err(TraitError::Filter)?;
+        }
+        let computed = ComputedTrait::new(def, self.state.rows())?;
+        let t = self.state.traits.len() as u32;
+        self.state
+            .trait_by_name
+            .insert(computed.def.name.clone(), t);
+        match &computed.def.event {
+            Some(name) => self
+                .state
+                .by_event
+                .entry(name.clone())
+                .or_default()
+                .traits
+                .push(t),
+            None => self.state.any_event.traits.push(t),
+        }
+        self.state.traits.push(computed);
+        self.segments.by_trait.push(Vec::new());
+        let now = self.now;
+        let mut seen = FxHashSet::default();
+        let mut ignored = Vec::new();
+        history.replay(&mut |event: &Event| {
+            let Some(row) = event.customer_key().and_then(|k| self.customer_row(k)) else {
+                return;
+            };
+            if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
+                return;
+            }
+            self.segments.begin();
+            self.fold_trait(
+                t,
+                row,
+                event.timestamp,
+                event.track_name(),
+                event.properties(),
+                now,
+                &mut ignored,
+            );
+        })?;
+        Ok(())
+    }
+
+    /// Finds or creates the counters a rule needs; new ones are filled from
+    /// `history`. Returns their ids, in the rule's order.
+    fn acquire_counters(
+        &mut self,
+        specs: &[CounterSpec],
+        history: &dyn EventHistory,
+    ) -> Result<Vec<u32>, HistoryError> {
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut fresh = Vec::new();
+        for spec in specs {
+            let key = spec.key();
+            let id = match self.state.counter_by_key.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = self.state.counters.len() as u32;
+                    self.state.counters.push(Counter::new(spec.clone()));
+                    self.state.counter_by_key.insert(key, id);
+                    self.segments.by_counter.push(Vec::new());
+                    fresh.push(id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        if !fresh.is_empty() {
+            let mut seen = FxHashSet::default();
+            let state = &mut self.state;
+            let result = history.replay(&mut |event: &Event| {
+                let Some(name) = event.track_name() else {
+                    return;
+                };
+                let Some(row) = event.customer_key().and_then(|k| state.customers.get(k)) else {
+                    return;
+                };
+                if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
+                    return;
+                }
+                for &c in &fresh {
+                    let counter = &mut state.counters[c as usize];
+                    if counter.spec.event == name && counter.matches(event.properties()) {
+                        counter.record(*row, event.timestamp);
+                    }
+                }
+            });
+            if let Err(e) = result {
+                for &c in &fresh {
+                    self.state
+                        .counter_by_key
+                        .remove(&self.state.counters[c as usize].spec.key());
+                    self.state.counters[c as usize].clear();
+                }
+                return Err(e);
+            }
+            for &c in &fresh {
+                let event = self.state.counters[c as usize].spec.event.clone();
+                self.state
+                    .by_event
+                    .entry(event)
+                    .or_default()
+                    .counters
+                    .push(c);
+            }
+        }
+        for &id in &ids {
+            self.state.counters[id as usize].users += 1;
+        }
+        Ok(ids)
+    }
+
+    fn release_counters(&mut self, ids: &[u32]) {
+        for &id in ids {
+            let counter = &mut self.state.counters[id as usize];
+            counter.users -= 1;
+            if counter.users == 0 {
+                let key = counter.spec.key();
+                let event = counter.spec.event.clone();
+                counter.clear();
+                self.state.counter_by_key.remove(&key);
+                if let Some(subs) = self.state.by_event.get_mut(&event) {
+                    subs.counters.retain(|c| *c != id);
+                }
+            }
+        }
+    }
+
+    fn compile_linked(
+        &mut self,
+        rule: &Rule,
+        history: &dyn EventHistory,
+    ) -> Result<(CompiledRule, Vec<u32>), SegmentError> {
+        let mut compiled = compile(rule, &self.state)?;
+        let ids = self.acquire_counters(&compiled.counters, history)?;
+        compiled.link(&ids);
+        Ok((compiled, ids))
+    }
+
+    /// Evaluates a compiled rule for every customer: the members, and each
+    /// customer's `valid_until`.
+    fn evaluate_all(
+        &self,
+        compiled: &CompiledRule,
+    ) -> (roaring::RoaringBitmap, Vec<(u32, Timestamp)>, bool) {
+        let ctx = self.state.ctx(&[]);
+        let mut members = roaring::RoaringBitmap::new();
+        let mut deadlines = Vec::new();
+        for row in 1..self.state.rows() as u32 {
+            let (member, until) = compiled.evaluate(&ctx, row, self.now);
+            if member {
+                members.insert(row);
+            }
+            if until != Timestamp::NEVER {
+                deadlines.push((row, until));
+            }
+        }
+        let empty_member = compiled.evaluate(&ctx, 0, self.now).0;
+        (members, deadlines, empty_member)
+    }
+
+    /// Adds a segment and fills its membership from current state. Every initial
+    /// member is reported as an `Entered` delta with cause `Backfill`.
+    pub fn add_segment(
+        &mut self,
+        id: SegmentId,
+        rule: Rule,
+        history: &dyn EventHistory,
+        out: &mut Vec<Delta>,
+    ) -> Result<(), SegmentError> {
+        if self.segments.by_id.contains_key(&id) {
+            return Err(SegmentError::Exists(id));
+        }
+        let (compiled, counter_ids) = self.compile_linked(&rule, history)?;
+        let (members, deadlines, empty_member) = self.evaluate_all(&compiled);
+        let slot = self.segments.slots.len() as u32;
+        for (row, until) in deadlines {
+            self.deadlines.schedule(DeadlineKey::new(slot, row), until);
+        }
+        out.extend(members.iter().map(|row| Delta {
+            segment: id,
+            customer: row,
+            transition: Transition::Entered,
+            at: self.now,
+            cause: Cause::Backfill,
+        }));
+        self.segments.register(slot, &compiled, &counter_ids);
+        if empty_member {
+            self.segments.empty_members.push(slot);
+        }
+        self.segments.slots.push(Some(SegmentSlot {
+            id,
+            rule,
+            compiled,
+            counter_ids,
+            members,
+            version: 1,
+        }));
+        self.segments.marks.push(0);
+        self.segments.by_id.insert(id, slot);
+        Ok(())
+    }
+
+    /// Replaces a segment's rule. Only customers whose membership actually changes
+    /// get a delta (cause `RuleChange`). Returns the new version.
+    pub fn update_segment(
+        &mut self,
+        id: SegmentId,
+        rule: Rule,
+        history: &dyn EventHistory,
+        out: &mut Vec<Delta>,
+    ) -> Result<u64, SegmentError> {
+        let slot = *self
+            .segments
+            .by_id
+            .get(&id)
+            .ok_or(SegmentError::Unknown(id))?;
+        let (compiled, counter_ids) = self.compile_linked(&rule, history)?;
+        let (members, deadlines, empty_member) = self.evaluate_all(&compiled);
+        let old = self.segments.slots[slot as usize]
+            .take()
+            .expect("indexed slots are occupied");
+        self.deadlines.forget_targets(|t| t == slot);
+        for (row, until) in deadlines {
+            self.deadlines.schedule(DeadlineKey::new(slot, row), until);
+        }
+        for row in &members - &old.members {
+            out.push(Delta {
+                segment: id,
+                customer: row,
+                transition: Transition::Entered,
+                at: self.now,
+                cause: Cause::RuleChange,
+            });
+        }
+        for row in &old.members - &members {
+            out.push(Delta {
+                segment: id,
+                customer: row,
+                transition: Transition::Exited,
+                at: self.now,
+                cause: Cause::RuleChange,
+            });
+        }
+        self.segments.unregister(slot);
+        self.release_counters(&old.counter_ids);
+        self.segments.register(slot, &compiled, &counter_ids);
+        if empty_member {
+            self.segments.empty_members.push(slot);
+        }
+        let version = old.version + 1;
+        self.segments.slots[slot as usize] = Some(SegmentSlot {
+            id,
+            rule,
+            compiled,
+            counter_ids,
+            members,
+            version,
+        });
+        Ok(version)
+    }
+
+    /// Removes a segment.
+    pub fn remove_segment(&mut self, id: SegmentId) -> Result<(), SegmentError> {
+        let slot = self
+            .segments
+            .by_id
+            .remove(&id)
+            .ok_or(SegmentError::Unknown(id))?;
+        let old = self.segments.slots[slot as usize]
+            .take()
+            .expect("indexed slots are occupied");
+        self.segments.unregister(slot);
+        self.release_counters(&old.counter_ids);
+        self.deadlines.forget_targets(|t| t == slot);
+        Ok(())
+    }
+
+    /// The segment's current members (dense ids).
+    pub fn members(&self, id: SegmentId) -> Option<&roaring::RoaringBitmap> {
+        let slot = *self.segments.by_id.get(&id)?;
+        self.segments.slots[slot as usize]
+            .as_ref()
+            .map(|s| &s.members)
+    }
+
+    /// The segment's rule and version.
+    pub fn segment_rule(&self, id: SegmentId) -> Option<(&Rule, u64)> {
+        let slot = *self.segments.by_id.get(&id)?;
+        self.segments.slots[slot as usize]
+            .as_ref()
+            .map(|s| (&s.rule, s.version))
+    }
+
+    pub fn segment_ids(&self) -> impl Iterator<Item = SegmentId> + '_ {
+        self.segments.slots.iter().flatten().map(|s| s.id)
+    }
+
+    /// Evaluates a segment's rule over every customer at the shard's `now`,
+    /// ignoring all incremental bookkeeping: what membership must equal.
+    pub fn evaluate_from_scratch(&self, id: SegmentId) -> Option<roaring::RoaringBitmap> {
+        let slot = *self.segments.by_id.get(&id)?;
+        let seg = self.segments.slots[slot as usize].as_ref()?;
+        Some(self.evaluate_all(&seg.compiled).0)
+    }
+
+    /// Customers in any of `include_any` (all customers when empty), in all of
+    /// `include_all`, and in none of `exclude`.
+    pub fn audience(
+        &self,
+        include_any: &[SegmentId],
+        include_all: &[SegmentId],
+        exclude: &[SegmentId],
+    ) -> Result<roaring::RoaringBitmap, SegmentError> {
+        let get = |id: &SegmentId| self.members(*id).ok_or(SegmentError::Unknown(*id));
+        let mut result = if include_any.is_empty() {
+            let mut all = roaring::RoaringBitmap::new();
+            all.insert_range(1..self.state.rows() as u32);
+            all
+        } else {
+            let mut any = roaring::RoaringBitmap::new();
+            for id in include_any {
+                any |= get(id)?;
+            }
+            any
+        };
+        for id in include_all {
+            result &= get(id)?;
+        }
+        for id in exclude {
+            result -= get(id)?;
+        }
+        Ok(result)
+    }
+
+    /// Evaluates an ad-hoc rule over all customers at the shard's `now` without
+    /// creating a segment: the exact count and the first `sample` matching ids.
+    /// `performed` conditions no segment uses yet are counted from `history`.
+    pub fn preview(
+        &self,
+        rule: &Rule,
+        sample: usize,
+        history: &dyn EventHistory,
+    ) -> Result<Preview, SegmentError> {
+        let mut compiled = compile(rule, &self.state)?;
+        let mut ids = Vec::with_capacity(compiled.counters.len());
+        let mut extra: Vec<Counter> = Vec::new();
+        for spec in &compiled.counters {
+            match self.state.counter_by_key.get(&spec.key()) {
+                Some(&id) => ids.push(id),
+                None => {
+                    ids.push((self.state.counters.len() + extra.len()) as u32);
+                    extra.push(Counter::new(spec.clone()));
+                }
+            }
+        }
+        if !extra.is_empty() {
+            let mut seen = FxHashSet::default();
+            history.replay(&mut |event: &Event| {
+                let (Some(name), Some(row)) = (
+                    event.track_name(),
+                    event.customer_key().and_then(|k| self.customer_row(k)),
+                ) else {
+                    return;
+                };
+                if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
+                    return;
+                }
+                for counter in &mut extra {
+                    if counter.spec.event == name && counter.matches(event.properties()) {
+                        counter.record(row, event.timestamp);
+                    }
+                }
+            })?;
+        }
+        compiled.link(&ids);
+        let ctx = self.state.ctx(&extra);
+        Ok(crate::preview::scan(
+            &compiled,
+            &ctx,
+            self.state.rows(),
+            self.now,
+            sample,
+        ))
+    }
+
+    /// The customer's attributes, computed traits and segments.
+    pub fn customer(&self, external_id: &str) -> Option<CustomerView> {
+        let row = self.customer_row(external_id)?;
+        let attributes = self
+            .state
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.state.attrs)
+            .filter_map(|(f, c)| c.column.get(row).map(|v| (f.name.clone(), v)))
+            .collect();
+        let computed = self
+            .state
+            .traits
+            .iter()
+            .filter_map(|t| t.values.get(row).map(|v| (t.def.name.clone(), v)))
+            .collect();
+        let segments = self
+            .segments
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.members.contains(row))
+            .map(|s| s.id)
+            .collect();
+        Some(CustomerView {
+            id: external_id.to_string(),
+            attributes,
+            computed,
+            segments,
+        })
+    }
+
+    /// An estimate of the heap this shard uses, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let s = &self.state;
+        let attrs: usize = s
+            .attrs
+            .iter()
+            .map(|a| a.column.heap_bytes() + a.written_at.capacity() * 8)
+            .sum();
+        let traits: usize = s.traits.iter().map(|t| t.heap_bytes()).sum();
+        let counters: usize = s.counters.iter().map(|c| c.heap_bytes()).sum();
+        let ids: usize = s.external_ids.iter().map(|e| 2 * e.len()).sum::<usize>()
+            + s.external_ids.capacity() * 16
+            + s.customers.capacity() * 21;
+        let members: usize = self
+            .segments
+            .slots
+            .iter()
+            .flatten()
+            .map(|seg| seg.members.serialized_size())
+            .sum();
+        let dedup = (self.dedup.current.capacity() + self.dedup.previous.capacity()) * 17;
+        attrs + traits + counters + ids + members + dedup + self.deadlines.heap_bytes()
+    }
+
+    /// Forgets every message id remembered for deduplication (benchmarks that
+    /// replay the same events use it; a runtime never should).
+    pub fn forget_message_ids(&mut self) {
+        self.dedup.current.clear();
+        self.dedup.previous.clear();
+    }
+}
