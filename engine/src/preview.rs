@@ -26,7 +26,7 @@ use crate::time::Timestamp;
 pub const BLOCK: usize = 2048;
 const WORDS: usize = BLOCK / 64;
 /// Below this many rows a scan stays on the calling thread.
-const PARALLEL_ROWS: usize = 1 << 20;
+const PARALLEL_ROWS: usize = 1 << 17;
 
 /// A node prepared for scanning: string tests turned into per-code tables.
 enum ScanNode<'a> {
