@@ -114,9 +114,9 @@ fn pack_number(values: &[f64], out: &mut [u64], test: &NumberTest) {
         NumberTest::Cmp(CompareOp::Gt, v) => pack(values, out, |x| x > v),
         NumberTest::Cmp(CompareOp::Ge, v) => pack(values, out, |x| x >= v),
         NumberTest::Between(lo, hi) => pack(values, out, |x| lo <= x && x <= hi),
-        NumberTest::In(ref set, negated) => {
-            pack(values, out, |x| !x.is_nan() && (set.contains(&x) != negated))
-        }
+        NumberTest::In(ref set, negated) => pack(values, out, |x| {
+            !x.is_nan() && (set.contains(&x) != negated)
+        }),
     }
 }
 

@@ -15,7 +15,13 @@ const T0: i64 = 1_767_225_600_000;
 
 fn history() -> Vec<Event> {
     let order = |n: u32, at: i64, props| {
-        Event::track(format!("o{n}"), "ada", Timestamp(at), "Order Completed", props)
+        Event::track(
+            format!("o{n}"),
+            "ada",
+            Timestamp(at),
+            "Order Completed",
+            props,
+        )
     };
     vec![
         Event::identify(
@@ -29,12 +35,23 @@ fn history() -> Vec<Event> {
             }),
         ),
         // An older identify must not overwrite the newer city.
-        Event::identify("i0", "ada", Timestamp(T0 - 30 * DAY), json!({"city": "Delhi"})),
+        Event::identify(
+            "i0",
+            "ada",
+            Timestamp(T0 - 30 * DAY),
+            json!({"city": "Delhi"}),
+        ),
         order(1, T0 - 40 * DAY, json!({"revenue": 120, "currency": "USD"})),
         order(2, T0 - 20 * DAY, json!({"revenue": 80, "currency": "USD"})),
         order(3, T0 - 5 * DAY, json!({"total": 300})),
         order(4, T0 - DAY, json!({"revenue": 50, "currency": "EUR"})),
-        Event::track("l1", "ada", Timestamp(T0 - 2 * HOUR), "Login", json!({"device": "ios"})),
+        Event::track(
+            "l1",
+            "ada",
+            Timestamp(T0 - 2 * HOUR),
+            "Login",
+            json!({"device": "ios"}),
+        ),
     ]
 }
 
@@ -95,7 +112,11 @@ const TABLE: &[(&str, i64, bool)] = &[
     ("signup_at after \"2025-12-01T00:00:00Z\"", 0, false),
     ("signup_at after \"2025-11-30T23:59:59.999Z\"", 0, true),
     ("signup_at = \"2025-12-01T00:00:00Z\"", 0, true),
-    ("signup_at between \"2025-11-01T00:00:00Z\" and \"2025-12-01T00:00:00Z\"", 0, true),
+    (
+        "signup_at between \"2025-11-01T00:00:00Z\" and \"2025-12-01T00:00:00Z\"",
+        0,
+        true,
+    ),
     // within_last: last order at T0-1d, true while t + W > now
     ("last_order_at within_last 1d", -MS, true),
     ("last_order_at within_last 1d", 0, false),
@@ -115,21 +136,65 @@ const TABLE: &[(&str, i64, bool)] = &[
     ("performed \"Order Completed\" at_most 3 times", 0, false),
     ("performed \"Order Completed\" at_most 4 times", 0, true),
     ("performed \"Order Completed\" exactly 4 times", 0, true),
-    ("performed \"Order Completed\" at_least 3 times within 30d", 0, true),
-    ("performed \"Order Completed\" at_least 3 times within 30d", 10 * DAY - MS, true),
-    ("performed \"Order Completed\" at_least 3 times within 30d", 10 * DAY, false),
-    ("performed \"Order Completed\" exactly 2 times within 30d", 10 * DAY, true),
-    ("performed \"Order Completed\" at_most 2 times within 30d", 10 * DAY - MS, false),
+    (
+        "performed \"Order Completed\" at_least 3 times within 30d",
+        0,
+        true,
+    ),
+    (
+        "performed \"Order Completed\" at_least 3 times within 30d",
+        10 * DAY - MS,
+        true,
+    ),
+    (
+        "performed \"Order Completed\" at_least 3 times within 30d",
+        10 * DAY,
+        false,
+    ),
+    (
+        "performed \"Order Completed\" exactly 2 times within 30d",
+        10 * DAY,
+        true,
+    ),
+    (
+        "performed \"Order Completed\" at_most 2 times within 30d",
+        10 * DAY - MS,
+        false,
+    ),
     ("performed \"Order Completed\" where revenue > 100", 0, true),
-    ("performed \"Order Completed\" where revenue > 100 within 30d", 0, false),
-    ("performed \"Order Completed\" where revenue > 100 within 41d", 0, true),
-    ("performed \"Order Completed\" where (revenue > 10 and currency = \"EUR\") exactly 1 time", 0, true),
-    ("performed \"Order Completed\" where currency = \"eur\" ignore_case", 0, true),
-    ("performed \"Order Completed\" where revenue not_exists", 0, true),
+    (
+        "performed \"Order Completed\" where revenue > 100 within 30d",
+        0,
+        false,
+    ),
+    (
+        "performed \"Order Completed\" where revenue > 100 within 41d",
+        0,
+        true,
+    ),
+    (
+        "performed \"Order Completed\" where (revenue > 10 and currency = \"EUR\") exactly 1 time",
+        0,
+        true,
+    ),
+    (
+        "performed \"Order Completed\" where currency = \"eur\" ignore_case",
+        0,
+        true,
+    ),
+    (
+        "performed \"Order Completed\" where revenue not_exists",
+        0,
+        true,
+    ),
     ("not performed \"Login\" within 1h", 0, true),
     ("not performed \"Login\" within 3h", 0, false),
     ("not performed \"Login\" within 3h", HOUR, true),
-    ("performed \"Login\" where device in [\"ios\", \"android\"]", 0, true),
+    (
+        "performed \"Login\" where device in [\"ios\", \"android\"]",
+        0,
+        true,
+    ),
     ("performed \"Signup\"", 0, false),
     ("not performed \"Signup\"", 0, true),
     ("performed \"Signup\" at_most 0 times", 0, true),
@@ -142,8 +207,16 @@ const TABLE: &[(&str, i64, bool)] = &[
     ("last_seen within_last 2h", -MS, true),
     ("last_seen within_last 2h", 0, false),
     // nesting
-    ("total_spend > 5000 and (age < 3 or city in [\"Pune\", \"Delhi\"]) and last_order_at within_last 30d", 0, false),
-    ("total_spend > 500 and (age < 3 or city in [\"Pune\", \"Delhi\"]) and last_order_at within_last 30d", 0, true),
+    (
+        "total_spend > 5000 and (age < 3 or city in [\"Pune\", \"Delhi\"]) and last_order_at within_last 30d",
+        0,
+        false,
+    ),
+    (
+        "total_spend > 500 and (age < 3 or city in [\"Pune\", \"Delhi\"]) and last_order_at within_last 30d",
+        0,
+        true,
+    ),
     ("not (age > 30 or vip = false)", 0, false),
     ("(age > 30 or vip = false) and not plan = \"Free\"", 0, true),
 ];
@@ -213,7 +286,11 @@ fn validation_errors_are_specific() {
         ("age = 3 ignore_case", "age", "ignore_case"),
         ("age between 5 and 1", "age", "low end is greater"),
         ("signup_at > \"yesterday\"", "signup_at", "RFC 3339"),
-        ("age > 3 and (city = 1 or vip = true)", "city", "/and/1/or/0/condition"),
+        (
+            "age > 3 and (city = 1 or vip = true)",
+            "city",
+            "/and/1/or/0/condition",
+        ),
     ];
     for (text, field, reason) in cases {
         let rule = dsl::parse(text).unwrap();
@@ -224,7 +301,10 @@ fn validation_errors_are_specific() {
             panic!("{text}: {err}")
         };
         assert_eq!(e.field.as_deref(), Some(*field), "{text}: {err}");
-        assert!(err.to_string().contains(reason), "{text}: `{err}` lacks `{reason}`");
+        assert!(
+            err.to_string().contains(reason),
+            "{text}: `{err}` lacks `{reason}`"
+        );
     }
     // The JSON form refuses unknown operators and keys instead of matching everything.
     for bad in [

@@ -38,7 +38,12 @@ fn shard() -> &'static (Shard, Vec<Event>) {
         let mut deltas = Vec::new();
         let mut history = Vec::new();
         for i in 0..CUSTOMERS {
-            let r = |k: u64| mix(i.wrapping_mul(8).wrapping_add(k).wrapping_mul(0x9E3779B97F4A7C15));
+            let r = |k: u64| {
+                mix(i
+                    .wrapping_mul(8)
+                    .wrapping_add(k)
+                    .wrapping_mul(0x9E3779B97F4A7C15))
+            };
             let mut traits = Map::new();
             // Each value is missing one time in eight.
             if r(0) % 8 != 0 {
@@ -60,10 +65,21 @@ fn shard() -> &'static (Shard, Vec<Event>) {
             if r(5) % 8 != 2 {
                 traits.insert("tags".into(), json!(["a", "b", "c"][..(r(7) % 3) as usize]));
             }
-            let e = Event::identify(format!("m{i}"), format!("c{i}"), Timestamp(T0 - DAY), Json::Object(traits));
+            let e = Event::identify(
+                format!("m{i}"),
+                format!("c{i}"),
+                Timestamp(T0 - DAY),
+                Json::Object(traits),
+            );
             shard.apply(&e, Timestamp(T0), &mut deltas).unwrap();
             if i % 3 == 0 {
-                let order = Event::track(format!("o{i}"), format!("c{i}"), Timestamp(T0 - (i as i64 % 40) * DAY), "Order Completed", json!({"revenue": i % 500}));
+                let order = Event::track(
+                    format!("o{i}"),
+                    format!("c{i}"),
+                    Timestamp(T0 - (i as i64 % 40) * DAY),
+                    "Order Completed",
+                    json!({"revenue": i % 500}),
+                );
                 shard.apply(&order, Timestamp(T0), &mut deltas).unwrap();
                 history.push(order);
             }
@@ -74,29 +90,132 @@ fn shard() -> &'static (Shard, Vec<Event>) {
 }
 
 fn cond(field: &str, test: Test) -> Rule {
-    Rule::Condition(Condition { field: field.into(), test })
+    Rule::Condition(Condition {
+        field: field.into(),
+        test,
+    })
 }
 
 fn arb_leaf() -> impl Strategy<Value = Rule> {
-    let op = prop::sample::select(vec![CompareOp::Eq, CompareOp::Ne, CompareOp::Lt, CompareOp::Le, CompareOp::Gt, CompareOp::Ge]);
+    let op = prop::sample::select(vec![
+        CompareOp::Eq,
+        CompareOp::Ne,
+        CompareOp::Lt,
+        CompareOp::Le,
+        CompareOp::Gt,
+        CompareOp::Ge,
+    ]);
     let city = prop::sample::select(CITIES.to_vec()).prop_map(|c| Scalar::String(c.into()));
     prop_oneof![
-        (prop::sample::select(vec!["spend", "visits", "total_spend", "order_count"]), op.clone(), 0u32..1000)
-            .prop_map(|(f, op, x)| cond(f, Test::Compare { op, value: Scalar::Number(x as f64 / 2.0), ignore_case: false })),
-        (0u32..500, 0u32..500).prop_map(|(a, b)| cond("spend", Test::Between { low: Scalar::Number(a.min(b) as f64), high: Scalar::Number(a.max(b) as f64) })),
-        (prop::collection::vec(0u32..10, 1..4), any::<bool>()).prop_map(|(v, negated)| cond("visits", Test::In { values: v.into_iter().map(|x| Scalar::Number(x as f64)).collect(), negated, ignore_case: false })),
-        (op.clone(), city.clone(), any::<bool>()).prop_map(|(op, value, ignore_case)| cond("city", Test::Compare { op, value, ignore_case })),
-        (prop::collection::vec(city, 1..3), any::<bool>(), any::<bool>()).prop_map(|(values, negated, ignore_case)| cond("city", Test::In { values, negated, ignore_case })),
-        (prop::sample::select(vec![TextOp::Contains, TextOp::NotContains, TextOp::StartsWith, TextOp::EndsWith]), prop::sample::select(vec!["un", "P", "ai"]), any::<bool>())
-            .prop_map(|(op, v, ignore_case)| cond("city", Test::Text { op, value: v.into(), ignore_case })),
-        any::<bool>().prop_map(|b| cond("vip", Test::Compare { op: CompareOp::Eq, value: Scalar::Bool(b), ignore_case: false })),
-        (prop::sample::select(vec!["spend", "visits", "city", "vip", "seen_at", "tags", "last_order_at"]), any::<bool>())
+        (
+            prop::sample::select(vec!["spend", "visits", "total_spend", "order_count"]),
+            op.clone(),
+            0u32..1000
+        )
+            .prop_map(|(f, op, x)| cond(
+                f,
+                Test::Compare {
+                    op,
+                    value: Scalar::Number(x as f64 / 2.0),
+                    ignore_case: false
+                }
+            )),
+        (0u32..500, 0u32..500).prop_map(|(a, b)| cond(
+            "spend",
+            Test::Between {
+                low: Scalar::Number(a.min(b) as f64),
+                high: Scalar::Number(a.max(b) as f64)
+            }
+        )),
+        (prop::collection::vec(0u32..10, 1..4), any::<bool>()).prop_map(|(v, negated)| cond(
+            "visits",
+            Test::In {
+                values: v.into_iter().map(|x| Scalar::Number(x as f64)).collect(),
+                negated,
+                ignore_case: false
+            }
+        )),
+        (op.clone(), city.clone(), any::<bool>()).prop_map(|(op, value, ignore_case)| cond(
+            "city",
+            Test::Compare {
+                op,
+                value,
+                ignore_case
+            }
+        )),
+        (
+            prop::collection::vec(city, 1..3),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(values, negated, ignore_case)| cond(
+                "city",
+                Test::In {
+                    values,
+                    negated,
+                    ignore_case
+                }
+            )),
+        (
+            prop::sample::select(vec![
+                TextOp::Contains,
+                TextOp::NotContains,
+                TextOp::StartsWith,
+                TextOp::EndsWith
+            ]),
+            prop::sample::select(vec!["un", "P", "ai"]),
+            any::<bool>()
+        )
+            .prop_map(|(op, v, ignore_case)| cond(
+                "city",
+                Test::Text {
+                    op,
+                    value: v.into(),
+                    ignore_case
+                }
+            )),
+        any::<bool>().prop_map(|b| cond(
+            "vip",
+            Test::Compare {
+                op: CompareOp::Eq,
+                value: Scalar::Bool(b),
+                ignore_case: false
+            }
+        )),
+        (
+            prop::sample::select(vec![
+                "spend",
+                "visits",
+                "city",
+                "vip",
+                "seen_at",
+                "tags",
+                "last_order_at"
+            ]),
+            any::<bool>()
+        )
             .prop_map(|(f, negated)| cond(f, Test::Exists { negated })),
-        (prop::sample::select(vec!["seen_at", "last_order_at"]), 1i64..60).prop_map(|(f, d)| cond(f, Test::WithinLast(Duration(d * DAY)))),
+        (
+            prop::sample::select(vec!["seen_at", "last_order_at"]),
+            1i64..60
+        )
+            .prop_map(|(f, d)| cond(f, Test::WithinLast(Duration(d * DAY)))),
         (1i64..60).prop_map(|d| cond("seen_at", Test::NotWithinLast(Duration(d * DAY)))),
         (1i64..60).prop_map(|d| cond("seen_at", Test::Before(Timestamp(T0 - d * DAY)))),
-        prop::sample::select(vec!["a", "b", "c"]).prop_map(|t| cond("tags", Test::Text { op: TextOp::Contains, value: t.into(), ignore_case: false })),
-        (0u32..3).prop_map(|k| Rule::Performed(xeno_engine::rule::Performed { event: "Order Completed".into(), filter: None, quantifier: xeno_engine::rule::Quantifier::AtLeast(k), within: Some(Duration(20 * DAY)) })),
+        prop::sample::select(vec!["a", "b", "c"]).prop_map(|t| cond(
+            "tags",
+            Test::Text {
+                op: TextOp::Contains,
+                value: t.into(),
+                ignore_case: false
+            }
+        )),
+        (0u32..3).prop_map(|k| Rule::Performed(xeno_engine::rule::Performed {
+            event: "Order Completed".into(),
+            filter: None,
+            quantifier: xeno_engine::rule::Quantifier::AtLeast(k),
+            within: Some(Duration(20 * DAY))
+        })),
     ]
 }
 
@@ -129,12 +248,18 @@ proptest! {
 #[test]
 fn the_issue_example_matches_a_hand_count() {
     let (shard, history) = shard();
-    let rule = xeno_engine::rule::dsl::parse("(spend > 500 and visits < 3) or city = \"Pune\"").unwrap();
+    let rule =
+        xeno_engine::rule::dsl::parse("(spend > 500 and visits < 3) or city = \"Pune\"").unwrap();
     let preview = shard.preview(&rule, 5, history).unwrap();
     let mut expected = 0u64;
     for i in 0..CUSTOMERS {
         let view = shard.customer(&format!("c{i}")).unwrap();
-        let get = |k: &str| view.attributes.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            view.attributes
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
         use xeno_engine::model::AttrValue::{Number, String as Str};
         let spend = matches!(get("spend"), Some(Number(s)) if s > 500.0);
         let visits = matches!(get("visits"), Some(Number(v)) if v < 3.0);
