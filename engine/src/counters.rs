@@ -6,93 +6,209 @@
 //! the condition holds while the k-th most recent timestamp `r_k` satisfies
 //! `r_k + W > now`, and flips at `r_k + W`. The state is a multiset maximum, so it
 //! does not depend on arrival order.
+//!
+//! ## Layout
+//! Counters are grouped by event name, and a group stores, per customer, one
+//! contiguous array of cells (one per counter of that name). An event then costs
+//! one hash lookup for all the counters of its name, and the segment evaluations
+//! that follow read the same, now cached, cells. Identical counters (same event,
+//! filter, window and depth) are shared between segments and reference-counted;
+//! a freed position is reused by the next counter of the group.
 
 use rustc_hash::FxHashMap;
+use serde_json::{Map, Value as Json};
+use smallvec::SmallVec;
 
-use crate::rule::Rule;
 use crate::rule::compile::{CounterSpec, eval_property_filter};
-use crate::time::{Duration, Timestamp};
+use crate::time::Timestamp;
 
-#[derive(Debug, Clone)]
-pub struct Counter {
-    pub spec: CounterSpec,
-    state: CounterState,
-    /// How many segments use it; freed at zero.
-    pub(crate) users: u32,
-}
-
-#[derive(Debug, Clone)]
-enum CounterState {
-    Total(FxHashMap<u32, u32>),
+/// One customer's state for one counter.
+#[derive(Debug, Clone, Default)]
+struct Cell {
+    count: u32,
     /// Most recent first, at most `keep` entries.
-    Recent(FxHashMap<u32, Vec<i64>>),
+    recent: SmallVec<[i64; 3]>,
 }
 
-impl Counter {
-    pub fn new(spec: CounterSpec) -> Counter {
-        let state = if spec.within.is_some() {
-            CounterState::Recent(FxHashMap::default())
-        } else {
-            CounterState::Total(FxHashMap::default())
+#[derive(Debug, Clone)]
+struct Meta {
+    spec: CounterSpec,
+    group: u32,
+    position: u32,
+    /// How many segments (or previews) use it; dead at zero.
+    users: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Group {
+    /// Counter id at each cell position; `DEAD` where the position is free.
+    counters: Vec<u32>,
+    rows: FxHashMap<u32, Vec<Cell>>,
+}
+
+const DEAD: u32 = u32::MAX;
+
+/// Every counter of a tenant shard.
+#[derive(Debug, Clone, Default)]
+pub struct CounterStore {
+    metas: Vec<Meta>,
+    by_key: FxHashMap<String, u32>,
+    groups: Vec<Group>,
+    group_by_event: FxHashMap<String, u32>,
+}
+
+impl CounterStore {
+    /// The id of a live counter with this spec.
+    pub fn find(&self, spec: &CounterSpec) -> Option<u32> {
+        self.by_key.get(&spec.key()).copied()
+    }
+
+    /// Number of ids handed out so far (live or dead).
+    pub fn id_count(&self) -> usize {
+        self.metas.len()
+    }
+
+    pub fn spec(&self, id: u32) -> &CounterSpec {
+        &self.metas[id as usize].spec
+    }
+
+    /// Finds or creates a counter and takes a reference on it. `true` when it is
+    /// new, and so empty: the caller fills it from history.
+    pub fn acquire(&mut self, spec: &CounterSpec) -> (u32, bool) {
+        let key = spec.key();
+        if let Some(&id) = self.by_key.get(&key) {
+            self.metas[id as usize].users += 1;
+            return (id, false);
+        }
+        let group_id = match self.group_by_event.get(&spec.event) {
+            Some(&g) => g,
+            None => {
+                let g = self.groups.len() as u32;
+                self.groups.push(Group::default());
+                self.group_by_event.insert(spec.event.clone(), g);
+                g
+            }
         };
-        Counter {
-            spec,
-            state,
-            users: 0,
+        let id = self.metas.len() as u32;
+        let group = &mut self.groups[group_id as usize];
+        let position = match group.counters.iter().position(|c| *c == DEAD) {
+            Some(p) => {
+                // A freed position still holds the old counter's cells.
+                for cells in group.rows.values_mut() {
+                    if let Some(cell) = cells.get_mut(p) {
+                        *cell = Cell::default();
+                    }
+                }
+                group.counters[p] = id;
+                p
+            }
+            None => {
+                group.counters.push(id);
+                group.counters.len() - 1
+            }
+        };
+        self.metas.push(Meta {
+            spec: spec.clone(),
+            group: group_id,
+            position: position as u32,
+            users: 1,
+        });
+        self.by_key.insert(key, id);
+        (id, true)
+    }
+
+    /// Drops a reference; the counter is freed at zero.
+    pub fn release(&mut self, id: u32) {
+        let meta = &mut self.metas[id as usize];
+        debug_assert!(meta.users > 0);
+        meta.users -= 1;
+        if meta.users == 0 {
+            let key = meta.spec.key();
+            self.by_key.remove(&key);
+            self.groups[meta.group as usize].counters[meta.position as usize] = DEAD;
         }
     }
 
-    pub fn filter(&self) -> Option<&Rule> {
-        self.spec.filter.as_ref()
-    }
-
-    pub fn window(&self) -> Option<Duration> {
-        self.spec.within
-    }
-
-    /// Whether an event with this name and these properties counts.
-    pub fn matches(&self, properties: Option<&serde_json::Map<String, serde_json::Value>>) -> bool {
-        self.spec
-            .filter
-            .as_ref()
-            .is_none_or(|f| eval_property_filter(f, properties))
-    }
-
-    /// Records one matching event. Returns whether the state changed.
-    pub fn record(&mut self, row: u32, at: Timestamp) -> bool {
-        match &mut self.state {
-            CounterState::Total(counts) => {
-                *counts.entry(row).or_default() += 1;
-                true
+    /// Folds one track event into every counter of its name (or only into
+    /// `only`, when filling new counters from history). Pushes the ids whose
+    /// state changed.
+    pub fn record(
+        &mut self,
+        event: &str,
+        row: u32,
+        at: Timestamp,
+        properties: Option<&Map<String, Json>>,
+        only: Option<&[u32]>,
+        changed: &mut Vec<u32>,
+    ) {
+        let Some(&g) = self.group_by_event.get(event) else {
+            return;
+        };
+        let group = &mut self.groups[g as usize];
+        // Decide which counters match before touching the row, so that an event
+        // matching none allocates nothing.
+        let mut matching: SmallVec<[(usize, u32); 16]> = SmallVec::new();
+        for (position, &id) in group.counters.iter().enumerate() {
+            if id == DEAD || only.is_some_and(|o| !o.contains(&id)) {
+                continue;
             }
-            CounterState::Recent(recent) => {
-                let keep = self.spec.keep as usize;
-                let list = recent.entry(row).or_default();
-                // Most recent first; equal timestamps are distinct events and all count.
-                let pos = list.partition_point(|t| *t >= at.0);
-                if pos >= keep {
-                    return false;
+            let filter = &self.metas[id as usize].spec.filter;
+            if filter
+                .as_ref()
+                .is_none_or(|f| eval_property_filter(f, properties))
+            {
+                matching.push((position, id));
+            }
+        }
+        if matching.is_empty() {
+            return;
+        }
+        let width = group.counters.len();
+        let cells = group.rows.entry(row).or_default();
+        if cells.len() < width {
+            cells.resize(width, Cell::default());
+        }
+        for (position, id) in matching {
+            let spec = &self.metas[id as usize].spec;
+            let cell = &mut cells[position];
+            let did_change = if spec.within.is_some() {
+                let keep = spec.keep as usize;
+                // Equal timestamps are distinct events and all count.
+                let pos = cell.recent.partition_point(|t| *t >= at.0);
+                if pos < keep {
+                    cell.recent.insert(pos, at.0);
+                    cell.recent.truncate(keep);
+                    true
+                } else {
+                    false
                 }
-                list.insert(pos, at.0);
-                list.truncate(keep);
+            } else {
+                cell.count += 1;
                 true
+            };
+            if did_change {
+                changed.push(id);
             }
         }
     }
 
     /// Whether the customer performed at least `k` matching events (within the
     /// window, at `now`), and until when that answer holds with no new event.
-    pub fn at_least(&self, row: u32, k: u32, now: Timestamp) -> (bool, Timestamp) {
+    pub fn at_least(&self, id: u32, row: u32, k: u32, now: Timestamp) -> (bool, Timestamp) {
         debug_assert!(k >= 1);
-        match &self.state {
-            CounterState::Total(counts) => (
-                counts.get(&row).copied().unwrap_or(0) >= k,
-                Timestamp::NEVER,
-            ),
-            CounterState::Recent(recent) => {
-                debug_assert!(k <= self.spec.keep);
-                let w = self.spec.within.expect("recent counters have a window");
-                match recent.get(&row).and_then(|l| l.get(k as usize - 1)) {
+        let meta = &self.metas[id as usize];
+        let cell = self.groups[meta.group as usize]
+            .rows
+            .get(&row)
+            .and_then(|cells| cells.get(meta.position as usize));
+        let Some(cell) = cell else {
+            return (false, Timestamp::NEVER);
+        };
+        match meta.spec.within {
+            None => (cell.count >= k, Timestamp::NEVER),
+            Some(w) => {
+                debug_assert!(k <= meta.spec.keep);
+                match cell.recent.get(k as usize - 1) {
                     Some(&t) => {
                         let end = Timestamp(t).plus(w);
                         if end > now {
@@ -107,48 +223,90 @@ impl Counter {
         }
     }
 
-    pub(crate) fn clear(&mut self) {
-        match &mut self.state {
-            CounterState::Total(m) => *m = FxHashMap::default(),
-            CounterState::Recent(m) => *m = FxHashMap::default(),
-        }
-    }
-
     pub fn heap_bytes(&self) -> usize {
-        match &self.state {
-            CounterState::Total(m) => m.capacity() * 9,
-            CounterState::Recent(m) => {
-                m.capacity() * 33 + m.values().map(|v| v.capacity() * 8).sum::<usize>()
-            }
-        }
+        let cell = std::mem::size_of::<Cell>();
+        self.groups
+            .iter()
+            .map(|g| {
+                g.rows.capacity() * 32 + g.rows.values().map(|c| c.capacity() * cell).sum::<usize>()
+            })
+            .sum::<usize>()
+            + self.metas.capacity() * std::mem::size_of::<Meta>()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::DAY;
+    use crate::time::{DAY, Duration};
+
+    fn spec(keep: u32, within: Option<i64>) -> CounterSpec {
+        CounterSpec {
+            event: "Order Completed".into(),
+            filter: None,
+            within: within.map(|d| Duration(d * DAY)),
+            keep,
+        }
+    }
 
     #[test]
     fn third_most_recent_decides_and_flips_exactly() {
-        let mut c = Counter::new(CounterSpec {
-            event: "Order Completed".into(),
-            filter: None,
-            within: Some(Duration::from_days(90)),
-            keep: 3,
-        });
+        let mut store = CounterStore::default();
+        let (id, fresh) = store.acquire(&spec(3, Some(90)));
+        assert!(fresh);
+        let mut changed = Vec::new();
         for d in [10, 50, 30, 20] {
-            c.record(7, Timestamp(d * DAY));
+            store.record(
+                "Order Completed",
+                7,
+                Timestamp(d * DAY),
+                None,
+                None,
+                &mut changed,
+            );
         }
         // Most recent three: 50, 30, 20 -> the third is day 20, valid until day 110.
         assert_eq!(
-            c.at_least(7, 3, Timestamp(100 * DAY)),
+            store.at_least(id, 7, 3, Timestamp(100 * DAY)),
             (true, Timestamp(110 * DAY))
         );
         assert_eq!(
-            c.at_least(7, 3, Timestamp(110 * DAY)),
+            store.at_least(id, 7, 3, Timestamp(110 * DAY)),
             (false, Timestamp::NEVER)
         );
-        assert_eq!(c.at_least(8, 1, Timestamp(0)), (false, Timestamp::NEVER));
+        assert_eq!(
+            store.at_least(id, 8, 1, Timestamp(0)),
+            (false, Timestamp::NEVER)
+        );
+        // Day 10 fell out of the top three: no change.
+        assert_eq!(changed, vec![id, id, id, id]);
+        changed.clear();
+        store.record(
+            "Order Completed",
+            7,
+            Timestamp(DAY),
+            None,
+            None,
+            &mut changed,
+        );
+        assert!(changed.is_empty());
+    }
+
+    #[test]
+    fn shared_counters_are_refcounted_and_positions_reused_clean() {
+        let mut store = CounterStore::default();
+        let (total, _) = store.acquire(&spec(0, None));
+        let (again, fresh) = store.acquire(&spec(0, None));
+        assert_eq!((again, fresh), (total, false));
+        let mut changed = Vec::new();
+        store.record("Order Completed", 1, Timestamp(0), None, None, &mut changed);
+        store.release(total);
+        assert!(store.find(&spec(0, None)).is_some(), "one user left");
+        store.release(total);
+        assert!(store.find(&spec(0, None)).is_none());
+        // The next counter of the group takes the freed position, with no leftovers.
+        let (windowed, fresh) = store.acquire(&spec(1, Some(30)));
+        assert!(fresh);
+        assert!(!store.at_least(windowed, 1, 1, Timestamp(0)).0);
     }
 }

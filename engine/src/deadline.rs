@@ -12,8 +12,9 @@
 //!   current: {(seg 3, c 17) -> 1700000000_250, (trait 1, c 9) -> 1700000001_000}
 //! ```
 //!
-//! Cancellation is lazy: rescheduling a pair only overwrites `current`; the old
-//! wheel entry stays and is skipped when popped because it no longer matches.
+//! Cancellation is lazy: rescheduling a pair only overwrites `current`; an old
+//! wheel entry stays and, when popped, is skipped (the pair was cancelled or
+//! moved earlier, so an earlier entry exists) or re-filed (moved later).
 //! Within the tick being popped, entries whose exact deadline is still ahead of
 //! `now` are kept for the next call, so an answer is never re-evaluated before it
 //! can change and never later than the first `advance_time` past its deadline.
@@ -40,35 +41,141 @@ impl DeadlineKey {
     }
 }
 
+/// What the owner of a deadline says about a wheel entry being popped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Cancelled, or moved earlier (an earlier entry exists): drop it.
+    Skip,
+    /// Due at this instant; the owner has forgotten it.
+    Due(i64),
+    /// Still pending at this (later) instant: file it again.
+    Later(i64),
+}
+
+/// The rule every owner applies: `current` is the pair's deadline now, `at` the
+/// entry's. Call [`Verdict::Due`] only after forgetting the pair.
+pub fn judge(current: Option<i64>, at: i64, now: i64) -> Verdict {
+    match current {
+        None => Verdict::Skip,
+        Some(c) if c < at => Verdict::Skip,
+        Some(c) if c <= now => Verdict::Due(c),
+        Some(c) => Verdict::Later(c),
+    }
+}
+
+/// The wheel alone: entries filed by tick. Whoever owns the current deadlines
+/// (a map, or per-customer records) decides about each popped entry, so the
+/// wheel never needs a lookup structure of its own.
+#[derive(Debug, Clone)]
+pub struct Wheel {
+    tick: i64,
+    buckets: BTreeMap<i64, Vec<(i64, DeadlineKey)>>,
+}
+
+impl Wheel {
+    /// `tick_ms` is the granularity (1..=1000 ms).
+    pub fn new(tick_ms: i64) -> Self {
+        assert!((1..=1000).contains(&tick_ms), "tick must be 1 ms to 1 s");
+        Wheel {
+            tick: tick_ms,
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    pub fn push(&mut self, key: DeadlineKey, at: i64) {
+        self.buckets
+            .entry(at.div_euclid(self.tick))
+            .or_default()
+            .push((at, key));
+    }
+
+    /// Pops every entry filed at or before `now`'s tick and asks `decide` about
+    /// it; due pairs go to `due`.
+    pub fn pop(
+        &mut self,
+        now: Timestamp,
+        mut decide: impl FnMut(DeadlineKey, i64) -> Verdict,
+        due: &mut Vec<(DeadlineKey, Timestamp)>,
+    ) {
+        let last_tick = now.0.div_euclid(self.tick);
+        let mut not_yet = Vec::new();
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() > last_tick {
+                break;
+            }
+            for (at, key) in entry.remove() {
+                match decide(key, at) {
+                    Verdict::Skip => {}
+                    Verdict::Due(c) => due.push((key, Timestamp(c))),
+                    Verdict::Later(c) if c.div_euclid(self.tick) <= last_tick => {
+                        not_yet.push((c, key))
+                    }
+                    Verdict::Later(c) => self.push(key, c),
+                }
+            }
+        }
+        if !not_yet.is_empty() {
+            self.buckets.entry(last_tick).or_default().extend(not_yet);
+        }
+    }
+
+    /// The start of the first tick that has entries (a lower bound on the next
+    /// deadline).
+    pub fn first_tick(&self) -> Option<Timestamp> {
+        self.buckets
+            .first_key_value()
+            .map(|(tick, _)| Timestamp(tick * self.tick))
+    }
+
+    pub fn entries(&self) -> usize {
+        self.buckets.values().map(Vec::len).sum()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets
+            .values()
+            .map(|v| v.capacity() * 16 + 48)
+            .sum::<usize>()
+    }
+}
+
+/// A wheel plus a map of current deadlines: for targets without a per-customer
+/// record of their own (windowed computed traits).
 #[derive(Debug, Clone)]
 pub struct DeadlineIndex {
-    tick: i64,
-    wheel: BTreeMap<i64, Vec<(i64, DeadlineKey)>>,
+    wheel: Wheel,
     current: FxHashMap<DeadlineKey, i64>,
 }
 
 impl DeadlineIndex {
     /// `tick_ms` is the wheel's granularity (1..=1000 ms).
     pub fn new(tick_ms: i64) -> Self {
-        assert!((1..=1000).contains(&tick_ms), "tick must be 1 ms to 1 s");
         DeadlineIndex {
-            tick: tick_ms,
-            wheel: BTreeMap::new(),
+            wheel: Wheel::new(tick_ms),
             current: FxHashMap::default(),
         }
     }
 
     /// Sets the deadline of `key`; [`Timestamp::NEVER`] removes it.
+    ///
+    /// Moving a deadline later pushes nothing: the wheel keeps the earlier entry,
+    /// and popping it re-files it at the current deadline. So a pair whose
+    /// deadline keeps receding costs one wheel entry, not one per event.
     pub fn schedule(&mut self, key: DeadlineKey, at: Timestamp) {
         if at == Timestamp::NEVER {
             self.current.remove(&key);
             return;
         }
-        if self.current.insert(key, at.0) != Some(at.0) {
-            self.wheel
-                .entry(at.0.div_euclid(self.tick))
-                .or_default()
-                .push((at.0, key));
+        match self.current.get_mut(&key) {
+            Some(old) if *old <= at.0 => *old = at.0,
+            Some(old) => {
+                *old = at.0;
+                self.wheel.push(key, at.0);
+            }
+            None => {
+                self.current.insert(key, at.0);
+                self.wheel.push(key, at.0);
+            }
         }
     }
 
@@ -77,47 +184,35 @@ impl DeadlineIndex {
         self.current.get(&key).map(|t| Timestamp(*t))
     }
 
-    /// Removes every key whose target satisfies `drop` (a deleted segment).
-    pub fn forget_targets(&mut self, drop: impl Fn(u32) -> bool) {
-        self.current.retain(|k, _| !drop(k.target()));
-    }
-
     /// Moves every pair due at or before `now` into `due` (deadline order is not
     /// guaranteed) and forgets them.
     pub fn pop_due(&mut self, now: Timestamp, due: &mut Vec<(DeadlineKey, Timestamp)>) {
-        let last_tick = now.0.div_euclid(self.tick);
-        let mut not_yet = Vec::new();
-        while let Some(entry) = self.wheel.first_entry() {
-            if *entry.key() > last_tick {
-                break;
-            }
-            for (at, key) in entry.remove() {
-                if self.current.get(&key) != Some(&at) {
-                    continue; // cancelled or rescheduled
+        let current = &mut self.current;
+        self.wheel.pop(
+            now,
+            |key, at| {
+                let verdict = judge(current.get(&key).copied(), at, now.0);
+                if let Verdict::Due(_) = verdict {
+                    current.remove(&key);
                 }
-                if at <= now.0 {
-                    self.current.remove(&key);
-                    due.push((key, Timestamp(at)));
-                } else {
-                    not_yet.push((at, key));
-                }
-            }
-        }
-        if !not_yet.is_empty() {
-            self.wheel.entry(last_tick).or_default().extend(not_yet);
-        }
+                verdict
+            },
+            due,
+        );
     }
 
-    /// The earliest pending deadline, for a runtime that sleeps until then.
+    /// The earliest pending deadline, or a lower bound on it.
     pub fn next_due(&self) -> Option<Timestamp> {
-        self.wheel.first_key_value().map(|(tick, entries)| {
-            entries
+        let first = self.wheel.buckets.first_key_value()?;
+        Some(
+            first
+                .1
                 .iter()
-                .filter(|(at, key)| self.current.get(key) == Some(at))
-                .map(|(at, _)| Timestamp(*at))
+                .filter_map(|(at, key)| self.current.get(key).filter(|c| **c >= *at))
                 .min()
-                .unwrap_or(Timestamp(tick * self.tick))
-        })
+                .map(|c| Timestamp(*c))
+                .unwrap_or(Timestamp(first.0 * self.wheel.tick)),
+        )
     }
 
     pub fn len(&self) -> usize {
@@ -129,12 +224,7 @@ impl DeadlineIndex {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.current.capacity() * 17
-            + self
-                .wheel
-                .values()
-                .map(|v| v.capacity() * 16 + 48)
-                .sum::<usize>()
+        self.current.capacity() * 17 + self.wheel.heap_bytes()
     }
 }
 
@@ -173,5 +263,27 @@ mod tests {
         assert_eq!(index.next_due(), Some(Timestamp(5_000)));
         index.pop_due(Timestamp(5_000), &mut due);
         assert_eq!(due, vec![(a, Timestamp(5_000))]);
+    }
+
+    #[test]
+    fn receding_deadlines_cost_one_entry_and_fire_once() {
+        let mut index = DeadlineIndex::new(1000);
+        let a = DeadlineKey::new(3, 4);
+        index.schedule(a, Timestamp(10_000));
+        index.schedule(a, Timestamp(5_000)); // earlier: a second entry
+        for later in [20_000, 30_000, 40_000] {
+            index.schedule(a, Timestamp(later)); // later: no new entry
+        }
+        let entries = index.wheel.entries();
+        assert_eq!(entries, 2);
+        let mut due = Vec::new();
+        index.pop_due(Timestamp(39_999), &mut due);
+        assert!(due.is_empty());
+        assert_eq!(index.next_due(), Some(Timestamp(40_000)));
+        index.pop_due(Timestamp(40_000), &mut due);
+        assert_eq!(due, vec![(a, Timestamp(40_000))]);
+        due.clear();
+        index.pop_due(Timestamp(100_000), &mut due);
+        assert!(due.is_empty(), "fires once");
     }
 }

@@ -39,9 +39,10 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
+use smallvec::SmallVec;
 
-use crate::counters::Counter;
-use crate::deadline::{DeadlineIndex, DeadlineKey};
+use crate::counters::CounterStore;
+use crate::deadline::{DeadlineIndex, DeadlineKey, Verdict, Wheel, judge};
 use crate::model::{AttrType, AttrValue, Event, EventKind, FieldOrigin, Schema, SchemaError};
 use crate::ports::{EventHistory, HistoryError};
 use crate::rule::Rule;
@@ -59,8 +60,7 @@ pub const MAX_FIELDS: usize = 2_000;
 pub const MAX_ID_BYTES: usize = 1_024;
 /// Deepest nesting of objects in identify traits that is flattened to dotted names.
 const MAX_TRAIT_NESTING: usize = 4;
-/// Deadline keys of windowed traits have this bit set; segments do not.
-const TRAIT_TARGET: u32 = 1 << 31;
+const NEVER_MS: i64 = i64::MAX;
 
 /// Shard settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,11 +168,10 @@ pub enum TraitError {
     History(#[from] HistoryError),
 }
 
-/// Which computed traits and counters look at events of one name.
+/// Which computed traits look at events of one name.
 #[derive(Debug, Clone, Default)]
 struct Subscribers {
     traits: Vec<u32>,
-    counters: Vec<u32>,
 }
 
 /// Customer state: everything rules read.
@@ -182,8 +181,7 @@ struct State {
     attrs: Vec<AttributeColumn>,
     traits: Vec<ComputedTrait>,
     trait_by_name: FxHashMap<String, u32>,
-    counters: Vec<Counter>,
-    counter_by_key: FxHashMap<String, u32>,
+    counters: CounterStore,
     /// Per track event name; `any_event` gets every message.
     by_event: FxHashMap<String, Subscribers>,
     any_event: Subscribers,
@@ -203,7 +201,7 @@ impl Resolver for State {
 }
 
 impl State {
-    fn ctx<'a>(&'a self, extra_counters: &'a [Counter]) -> EvalContext<'a> {
+    fn ctx<'a>(&'a self, extra_counters: Option<&'a CounterStore>) -> EvalContext<'a> {
         EvalContext {
             attrs: &self.attrs,
             traits: &self.traits,
@@ -227,8 +225,17 @@ struct SegmentSlot {
     version: u64,
 }
 
+/// One customer's relation to one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Track {
+    slot: u32,
+    member: bool,
+    /// When the answer may change with no event; `i64::MAX` for never.
+    deadline: i64,
+}
+
 /// Segments and the dependency index.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Segments {
     slots: Vec<Option<SegmentSlot>>,
     by_id: FxHashMap<SegmentId, u32>,
@@ -237,6 +244,15 @@ struct Segments {
     by_counter: Vec<Vec<u32>>,
     /// Segments a customer with no events belongs to.
     empty_members: Vec<u32>,
+    /// Per customer row, sorted by slot: the segments it belongs to and the
+    /// pending deadlines of its (segment, customer) pairs. The roaring bitmaps
+    /// are the membership; this record answers "is this customer a member, and
+    /// when must it be looked at again" from the customer's own cache lines on
+    /// the hot path, where a bitmap's array container or a global deadline map
+    /// would each cost a miss per segment.
+    tracks: Vec<SmallVec<[Track; 1]>>,
+    /// Segment deadlines, validated against `tracks` when popped.
+    wheel: Wheel,
     /// Per slot: the apply generation that last marked it.
     marks: Vec<u32>,
     generation: u32,
@@ -285,13 +301,89 @@ impl Segments {
         self.marks[slot as usize] == self.generation
     }
 
+    fn new(tick_ms: i64) -> Segments {
+        Segments {
+            slots: Vec::new(),
+            by_id: FxHashMap::default(),
+            by_attr: Vec::new(),
+            by_trait: Vec::new(),
+            by_counter: Vec::new(),
+            empty_members: Vec::new(),
+            tracks: Vec::new(),
+            wheel: Wheel::new(tick_ms),
+            marks: Vec::new(),
+            generation: 0,
+            touched: Vec::new(),
+        }
+    }
+
+    /// Updates the record of (slot, row): membership and deadline. A record that
+    /// says neither "member" nor "pending" is dropped. A deadline earlier than the
+    /// one on file goes on the wheel; a later one needs nothing (the earlier
+    /// entry re-files itself when popped).
+    fn set_track(&mut self, slot: u32, row: u32, member: bool, deadline: Option<i64>) {
+        let list = &mut self.tracks[row as usize];
+        let position = list.binary_search_by_key(&slot, |t| t.slot);
+        let old_deadline = position.map_or(NEVER_MS, |i| list[i].deadline);
+        let deadline = deadline.unwrap_or(old_deadline);
+        match position {
+            Ok(i) if !member && deadline == NEVER_MS => {
+                list.remove(i);
+            }
+            Ok(i) => {
+                list[i].member = member;
+                list[i].deadline = deadline;
+            }
+            Err(_) if !member && deadline == NEVER_MS => {}
+            Err(i) => list.insert(
+                i,
+                Track {
+                    slot,
+                    member,
+                    deadline,
+                },
+            ),
+        }
+        if deadline < old_deadline {
+            self.wheel.push(DeadlineKey::new(slot, row), deadline);
+        }
+    }
+
+    /// Pops the segment pairs due at `now` into `pairs` (slot, row).
+    fn pop_due(&mut self, now: Timestamp, pairs: &mut Vec<(u32, u32)>) {
+        let mut due = Vec::new();
+        let tracks = &mut self.tracks;
+        let slots = &self.slots;
+        self.wheel.pop(
+            now,
+            |key, at| {
+                let (slot, row) = (key.target(), key.row());
+                let list = &mut tracks[row as usize];
+                let Ok(i) = list.binary_search_by_key(&slot, |t| t.slot) else {
+                    return Verdict::Skip;
+                };
+                if slots[slot as usize].is_none() {
+                    // The segment is gone: drop what it left behind.
+                    list.remove(i);
+                    return Verdict::Skip;
+                }
+                let current = (list[i].deadline != NEVER_MS).then_some(list[i].deadline);
+                let verdict = judge(current, at, now.0);
+                if let Verdict::Due(_) = verdict {
+                    list[i].deadline = NEVER_MS;
+                }
+                verdict
+            },
+            &mut due,
+        );
+        pairs.extend(due.into_iter().map(|(key, _)| (key.target(), key.row())));
+    }
+
     /// Re-evaluates one pair, updates membership and the deadline, emits a delta.
-    #[allow(clippy::too_many_arguments)]
     fn reevaluate(
         &mut self,
         slot: u32,
         ctx: &EvalContext<'_>,
-        deadlines: &mut DeadlineIndex,
         row: u32,
         now: Timestamp,
         cause: Cause,
@@ -301,7 +393,12 @@ impl Segments {
             return;
         };
         let (member, until) = seg.compiled.evaluate(ctx, row, now);
-        let was = seg.members.contains(row);
+        let time_dependent = seg.compiled.time_dependent;
+        let list = &self.tracks[row as usize];
+        let was = list
+            .binary_search_by_key(&slot, |t| t.slot)
+            .is_ok_and(|i| list[i].member);
+        debug_assert_eq!(was, seg.members.contains(row));
         if member != was {
             if member {
                 seg.members.insert(row);
@@ -320,8 +417,8 @@ impl Segments {
                 cause,
             });
         }
-        if seg.compiled.time_dependent {
-            deadlines.schedule(DeadlineKey::new(slot, row), until);
+        if member != was || time_dependent {
+            self.set_track(slot, row, member, time_dependent.then_some(until.0));
         }
     }
 
@@ -406,9 +503,12 @@ pub struct Shard {
     now: Timestamp,
     state: State,
     segments: Segments,
-    deadlines: DeadlineIndex,
+    /// Deadlines of windowed computed traits (segments keep theirs in
+    /// `Segments::tracks`).
+    trait_deadlines: DeadlineIndex,
     dedup: Dedup,
     due: Vec<(DeadlineKey, Timestamp)>,
+    changed_counters: Vec<u32>,
 }
 
 impl Shard {
@@ -422,15 +522,14 @@ impl Shard {
                 attrs: Vec::new(),
                 traits: Vec::new(),
                 trait_by_name: FxHashMap::default(),
-                counters: Vec::new(),
-                counter_by_key: FxHashMap::default(),
+                counters: CounterStore::default(),
                 by_event: FxHashMap::default(),
                 any_event: Subscribers::default(),
                 customers: FxHashMap::default(),
                 external_ids: Vec::new(),
             },
-            segments: Segments::default(),
-            deadlines: DeadlineIndex::new(config.tick.millis().clamp(1, 1000)),
+            segments: Segments::new(config.tick.millis().clamp(1, 1000)),
+            trait_deadlines: DeadlineIndex::new(config.tick.millis().clamp(1, 1000)),
             dedup: Dedup {
                 window: config.dedup_window.millis().max(1),
                 current: FxHashSet::default(),
@@ -438,9 +537,11 @@ impl Shard {
                 current_since: i64::MIN,
             },
             due: Vec::new(),
+            changed_counters: Vec::new(),
         };
         // Row 0: the customer with no events.
         shard.state.external_ids.push("".into());
+        shard.segments.tracks.push(SmallVec::new());
         let no_history: &[Event] = &[];
         for def in ComputedTraitDef::builtins() {
             shard
@@ -518,6 +619,7 @@ impl Shard {
         let row = self.state.rows() as u32;
         self.state.customers.insert(key.into(), row);
         self.state.external_ids.push(key.into());
+        self.segments.tracks.push(SmallVec::new());
         let rows = self.state.rows();
         for column in &mut self.state.attrs {
             column.resize(rows);
@@ -571,39 +673,37 @@ impl Shard {
                 &mut rejected,
             );
         }
-        for &c in named.iter().flat_map(|s| &s.counters) {
-            let counter = &mut self.state.counters[c as usize];
-            if counter.matches(properties) && counter.record(row, event.timestamp) {
+        if let Some(name) = track {
+            let mut changed = std::mem::take(&mut self.changed_counters);
+            self.state
+                .counters
+                .record(name, row, event.timestamp, properties, None, &mut changed);
+            for &c in &changed {
                 self.segments.mark_counter(c);
             }
+            changed.clear();
+            self.changed_counters = changed;
         }
         self.state.any_event = any;
         if let (Some(name), Some(subs)) = (track, named) {
             *self.state.by_event.get_mut(name).expect("taken above") = subs;
         }
 
-        let ctx = self.state.ctx(&[]);
+        let ctx = self.state.ctx(None);
         if created {
             for i in 0..self.segments.empty_members.len() {
                 let slot = self.segments.empty_members[i];
                 if !self.segments.is_marked(slot) {
                     // Unchanged from the empty customer, whose answer never depends on time.
-                    self.segments.reevaluate(
-                        slot,
-                        &ctx,
-                        &mut self.deadlines,
-                        row,
-                        now,
-                        Cause::Event,
-                        out,
-                    );
+                    self.segments
+                        .reevaluate(slot, &ctx, row, now, Cause::Event, out);
                 }
             }
         }
         for i in 0..self.segments.touched.len() {
             let slot = self.segments.touched[i];
             self.segments
-                .reevaluate(slot, &ctx, &mut self.deadlines, row, now, Cause::Event, out);
+                .reevaluate(slot, &ctx, row, now, Cause::Event, out);
         }
         Ok(Applied {
             duplicate: false,
@@ -716,8 +816,8 @@ impl Shard {
             Ok(Some(input)) => {
                 let (changed, next) = computed.apply(row, timestamp, input, now);
                 if computed.is_windowed() {
-                    self.deadlines
-                        .schedule(DeadlineKey::new(TRAIT_TARGET | t, row), next);
+                    self.trait_deadlines
+                        .schedule(DeadlineKey::new(t, row), next);
                 }
                 if changed {
                     self.segments.mark_dep(FieldRef::Trait(t));
@@ -740,42 +840,47 @@ impl Shard {
         self.now = now;
         self.dedup.rotate(now);
         let mut due = std::mem::take(&mut self.due);
-        self.deadlines.pop_due(now, &mut due);
-        if due.is_empty() {
-            self.due = due;
-            return;
-        }
+        self.trait_deadlines.pop_due(now, &mut due);
         let mut pairs: Vec<(u32, u32)> = Vec::new();
+        // Windowed traits first, so that segments re-evaluated below read them
+        // as of `now`.
         for &(key, _) in &due {
-            if key.target() & TRAIT_TARGET != 0 {
-                let t = key.target() & !TRAIT_TARGET;
-                let (changed, next) = self.state.traits[t as usize].refresh(key.row(), now);
-                self.deadlines.schedule(key, next);
-                if changed {
-                    pairs.extend(
-                        self.segments.by_trait[t as usize]
-                            .iter()
-                            .map(|s| (*s, key.row())),
-                    );
-                }
-            } else {
-                pairs.push((key.target(), key.row()));
+            let t = key.target();
+            let (changed, next) = self.state.traits[t as usize].refresh(key.row(), now);
+            self.trait_deadlines.schedule(key, next);
+            if changed {
+                pairs.extend(
+                    self.segments.by_trait[t as usize]
+                        .iter()
+                        .map(|s| (*s, key.row())),
+                );
             }
         }
         due.clear();
         self.due = due;
+        self.segments.pop_due(now, &mut pairs);
+        if pairs.is_empty() {
+            return;
+        }
         pairs.sort_unstable_by_key(|(slot, row)| (*row, *slot));
         pairs.dedup();
-        let ctx = self.state.ctx(&[]);
+        let ctx = self.state.ctx(None);
         for (slot, row) in pairs {
             self.segments
-                .reevaluate(slot, &ctx, &mut self.deadlines, row, now, Cause::Time, out);
+                .reevaluate(slot, &ctx, row, now, Cause::Time, out);
         }
     }
 
-    /// The earliest instant at which [`Self::advance_time`] has work to do.
+    /// The earliest instant at which [`Self::advance_time`] may have work to do
+    /// (never later than the true next deadline; possibly earlier).
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.deadlines.next_due()
+        match (
+            self.trait_deadlines.next_due(),
+            self.segments.wheel.first_tick(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Declares a computed trait and fills it from `history` (every event applied
@@ -844,78 +949,51 @@ impl Shard {
         let mut ids = Vec::with_capacity(specs.len());
         let mut fresh = Vec::new();
         for spec in specs {
-            let key = spec.key();
-            let id = match self.state.counter_by_key.get(&key) {
-                Some(&id) => id,
-                None => {
-                    let id = self.state.counters.len() as u32;
-                    self.state.counters.push(Counter::new(spec.clone()));
-                    self.state.counter_by_key.insert(key, id);
-                    self.segments.by_counter.push(Vec::new());
-                    fresh.push(id);
-                    id
-                }
-            };
+            let (id, is_new) = self.state.counters.acquire(spec);
+            if is_new {
+                fresh.push(id);
+            }
             ids.push(id);
+        }
+        let count = self.state.counters.id_count();
+        if self.segments.by_counter.len() < count {
+            self.segments.by_counter.resize(count, Vec::new());
         }
         if !fresh.is_empty() {
             let mut seen = FxHashSet::default();
+            let mut changed = Vec::new();
             let state = &mut self.state;
             let result = history.replay(&mut |event: &Event| {
                 let Some(name) = event.track_name() else {
                     return;
                 };
-                let Some(row) = event.customer_key().and_then(|k| state.customers.get(k)) else {
+                let Some(&row) = event.customer_key().and_then(|k| state.customers.get(k)) else {
                     return;
                 };
                 if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
                     return;
                 }
-                for &c in &fresh {
-                    let counter = &mut state.counters[c as usize];
-                    if counter.spec.event == name && counter.matches(event.properties()) {
-                        counter.record(*row, event.timestamp);
-                    }
-                }
+                state.counters.record(
+                    name,
+                    row,
+                    event.timestamp,
+                    event.properties(),
+                    Some(&fresh),
+                    &mut changed,
+                );
+                changed.clear();
             });
             if let Err(e) = result {
-                for &c in &fresh {
-                    self.state
-                        .counter_by_key
-                        .remove(&self.state.counters[c as usize].spec.key());
-                    self.state.counters[c as usize].clear();
-                }
+                self.release_counters(&ids);
                 return Err(e);
             }
-            for &c in &fresh {
-                let event = self.state.counters[c as usize].spec.event.clone();
-                self.state
-                    .by_event
-                    .entry(event)
-                    .or_default()
-                    .counters
-                    .push(c);
-            }
-        }
-        for &id in &ids {
-            self.state.counters[id as usize].users += 1;
         }
         Ok(ids)
     }
 
     fn release_counters(&mut self, ids: &[u32]) {
         for &id in ids {
-            let counter = &mut self.state.counters[id as usize];
-            counter.users -= 1;
-            if counter.users == 0 {
-                let key = counter.spec.key();
-                let event = counter.spec.event.clone();
-                counter.clear();
-                self.state.counter_by_key.remove(&key);
-                if let Some(subs) = self.state.by_event.get_mut(&event) {
-                    subs.counters.retain(|c| *c != id);
-                }
-            }
+            self.state.counters.release(id);
         }
     }
 
@@ -936,7 +1014,7 @@ impl Shard {
         &self,
         compiled: &CompiledRule,
     ) -> (roaring::RoaringBitmap, Vec<(u32, Timestamp)>, bool) {
-        let ctx = self.state.ctx(&[]);
+        let ctx = self.state.ctx(None);
         let mut members = roaring::RoaringBitmap::new();
         let mut deadlines = Vec::new();
         for row in 1..self.state.rows() as u32 {
@@ -967,8 +1045,12 @@ impl Shard {
         let (compiled, counter_ids) = self.compile_linked(&rule, history)?;
         let (members, deadlines, empty_member) = self.evaluate_all(&compiled);
         let slot = self.segments.slots.len() as u32;
+        for row in &members {
+            self.segments.set_track(slot, row, true, None);
+        }
         for (row, until) in deadlines {
-            self.deadlines.schedule(DeadlineKey::new(slot, row), until);
+            let member = members.contains(row);
+            self.segments.set_track(slot, row, member, Some(until.0));
         }
         out.extend(members.iter().map(|row| Delta {
             segment: id,
@@ -1013,11 +1095,14 @@ impl Shard {
         let old = self.segments.slots[slot as usize]
             .take()
             .expect("indexed slots are occupied");
-        self.deadlines.forget_targets(|t| t == slot);
+        // Pairs the new rule gives no deadline keep a stale one, which fires once
+        // and re-evaluates to the same answer.
         for (row, until) in deadlines {
-            self.deadlines.schedule(DeadlineKey::new(slot, row), until);
+            let member = members.contains(row);
+            self.segments.set_track(slot, row, member, Some(until.0));
         }
         for row in &members - &old.members {
+            self.segments.set_track(slot, row, true, None);
             out.push(Delta {
                 segment: id,
                 customer: row,
@@ -1027,6 +1112,7 @@ impl Shard {
             });
         }
         for row in &old.members - &members {
+            self.segments.set_track(slot, row, false, None);
             out.push(Delta {
                 segment: id,
                 customer: row,
@@ -1065,7 +1151,12 @@ impl Shard {
             .expect("indexed slots are occupied");
         self.segments.unregister(slot);
         self.release_counters(&old.counter_ids);
-        self.deadlines.forget_targets(|t| t == slot);
+        // Members' records go now; pending deadlines of non-members are dropped
+        // when they pop (the slot is empty by then).
+        for row in &old.members {
+            let list = &mut self.segments.tracks[row as usize];
+            list.retain(|t| t.slot != slot);
+        }
         Ok(())
     }
 
@@ -1136,19 +1227,25 @@ impl Shard {
         history: &dyn EventHistory,
     ) -> Result<Preview, SegmentError> {
         let mut compiled = compile(rule, &self.state)?;
+        let base = self.state.counters.id_count() as u32;
         let mut ids = Vec::with_capacity(compiled.counters.len());
-        let mut extra: Vec<Counter> = Vec::new();
+        let mut extra = CounterStore::default();
+        let mut fresh = Vec::new();
         for spec in &compiled.counters {
-            match self.state.counter_by_key.get(&spec.key()) {
-                Some(&id) => ids.push(id),
+            match self.state.counters.find(spec) {
+                Some(id) => ids.push(id),
                 None => {
-                    ids.push((self.state.counters.len() + extra.len()) as u32);
-                    extra.push(Counter::new(spec.clone()));
+                    let (id, is_new) = extra.acquire(spec);
+                    if is_new {
+                        fresh.push(id);
+                    }
+                    ids.push(base + id);
                 }
             }
         }
-        if !extra.is_empty() {
+        if !fresh.is_empty() {
             let mut seen = FxHashSet::default();
+            let mut changed = Vec::new();
             history.replay(&mut |event: &Event| {
                 let (Some(name), Some(row)) = (
                     event.track_name(),
@@ -1159,15 +1256,19 @@ impl Shard {
                 if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
                     return;
                 }
-                for counter in &mut extra {
-                    if counter.spec.event == name && counter.matches(event.properties()) {
-                        counter.record(row, event.timestamp);
-                    }
-                }
+                extra.record(
+                    name,
+                    row,
+                    event.timestamp,
+                    event.properties(),
+                    None,
+                    &mut changed,
+                );
+                changed.clear();
             })?;
         }
         compiled.link(&ids);
-        let ctx = self.state.ctx(&extra);
+        let ctx = self.state.ctx(Some(&extra));
         Ok(crate::preview::scan(
             &compiled,
             &ctx,
@@ -1194,12 +1295,10 @@ impl Shard {
             .iter()
             .filter_map(|t| t.values.get(row).map(|v| (t.def.name.clone(), v)))
             .collect();
-        let segments = self
-            .segments
-            .slots
+        let segments = self.segments.tracks[row as usize]
             .iter()
-            .flatten()
-            .filter(|s| s.members.contains(row))
+            .filter(|t| t.member)
+            .filter_map(|t| self.segments.slots[t.slot as usize].as_ref())
             .map(|s| s.id)
             .collect();
         Some(CustomerView {
@@ -1219,7 +1318,7 @@ impl Shard {
             .map(|a| a.column.heap_bytes() + a.written_at.capacity() * 8)
             .sum();
         let traits: usize = s.traits.iter().map(|t| t.heap_bytes()).sum();
-        let counters: usize = s.counters.iter().map(|c| c.heap_bytes()).sum();
+        let counters = s.counters.heap_bytes();
         let ids: usize = s.external_ids.iter().map(|e| 2 * e.len()).sum::<usize>()
             + s.external_ids.capacity() * 16
             + s.customers.capacity() * 21;
@@ -1230,8 +1329,29 @@ impl Shard {
             .flatten()
             .map(|seg| seg.members.serialized_size())
             .sum();
+        let member_index: usize = self
+            .segments
+            .tracks
+            .iter()
+            .map(|l| {
+                std::mem::size_of_val(l)
+                    + if l.spilled() {
+                        l.capacity() * std::mem::size_of::<Track>()
+                    } else {
+                        0
+                    }
+            })
+            .sum::<usize>()
+            + self.segments.wheel.heap_bytes();
         let dedup = (self.dedup.current.capacity() + self.dedup.previous.capacity()) * 17;
-        attrs + traits + counters + ids + members + dedup + self.deadlines.heap_bytes()
+        attrs
+            + traits
+            + counters
+            + ids
+            + members
+            + member_index
+            + dedup
+            + self.trait_deadlines.heap_bytes()
     }
 
     /// Forgets every message id remembered for deduplication (benchmarks that

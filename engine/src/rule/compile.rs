@@ -45,7 +45,7 @@ use serde_json::{Map, Value as Json};
 
 use super::ast::{CompareOp, Condition, Performed, Quantifier, Rule, Scalar, Test, TextOp};
 use super::{MAX_LIST_ITEMS, MAX_RULE_DEPTH, MAX_RULE_NODES, MAX_STRING_BYTES};
-use crate::counters::Counter;
+use crate::counters::CounterStore;
 use crate::model::{AttrType, AttrValue, lookup_path};
 use crate::table::{AttributeColumn, Column, MISSING_BOOL, MISSING_CODE, MISSING_TIME};
 use crate::time::{Duration, Timestamp};
@@ -708,9 +708,9 @@ fn check_filter(
 pub(crate) struct EvalContext<'a> {
     pub attrs: &'a [AttributeColumn],
     pub traits: &'a [ComputedTrait],
-    pub counters: &'a [Counter],
-    /// Temporary counters of an ad-hoc preview, numbered after `counters`.
-    pub extra_counters: &'a [Counter],
+    pub counters: &'a CounterStore,
+    /// Temporary counters of an ad-hoc preview, numbered after `counters`' ids.
+    pub extra_counters: Option<&'a CounterStore>,
 }
 
 impl<'a> EvalContext<'a> {
@@ -721,12 +721,11 @@ impl<'a> EvalContext<'a> {
         }
     }
 
-    fn counter(&self, id: u32) -> &'a Counter {
-        let id = id as usize;
-        if id < self.counters.len() {
-            &self.counters[id]
-        } else {
-            &self.extra_counters[id - self.counters.len()]
+    fn at_least(&self, id: u32, row: u32, k: u32, now: Timestamp) -> (bool, Timestamp) {
+        let base = self.counters.id_count() as u32;
+        match self.extra_counters {
+            Some(extra) if id >= base => extra.at_least(id - base, row, k, now),
+            _ => self.counters.at_least(id, row, k, now),
         }
     }
 }
@@ -854,9 +853,7 @@ fn eval_raw(node: &Node, ctx: &EvalContext<'_>, row: usize, now: i64) -> (bool, 
             (list_test(test, items.iter().map(|c| dict.get(*c))), NEVER)
         }
         Node::Performed { counter, at_least } => {
-            let (v, u) = ctx
-                .counter(*counter)
-                .at_least(row as u32, *at_least, Timestamp(now));
+            let (v, u) = ctx.at_least(*counter, row as u32, *at_least, Timestamp(now));
             (v, u.0)
         }
     }
