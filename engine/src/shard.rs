@@ -225,12 +225,11 @@ struct SegmentSlot {
     version: u64,
 }
 
-/// One customer's relation to one segment.
+/// A pending deadline of one (segment, customer) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Track {
     slot: u32,
-    member: bool,
-    /// When the answer may change with no event; `i64::MAX` for never.
+    /// When the answer may change with no event.
     deadline: i64,
 }
 
@@ -244,12 +243,16 @@ struct Segments {
     by_counter: Vec<Vec<u32>>,
     /// Segments a customer with no events belongs to.
     empty_members: Vec<u32>,
-    /// Per customer row, sorted by slot: the segments it belongs to and the
-    /// pending deadlines of its (segment, customer) pairs. The roaring bitmaps
-    /// are the membership; this record answers "is this customer a member, and
-    /// when must it be looked at again" from the customer's own cache lines on
-    /// the hot path, where a bitmap's array container or a global deadline map
-    /// would each cost a miss per segment.
+    /// Membership by customer: `stride` words per row, one bit per slot. The
+    /// roaring bitmaps are the membership of record (lists, counts, set
+    /// operations); this transposed copy answers "was this customer a member"
+    /// for the segments one event touches from the customer's own cache line,
+    /// where a roaring array container costs a binary search over cold memory.
+    /// It costs one bit per (customer, segment slot).
+    member_bits: Vec<u64>,
+    stride: usize,
+    /// Per customer row, sorted by slot: the pending deadlines of its
+    /// time-dependent pairs (a global map would cost a miss per pair).
     tracks: Vec<SmallVec<[Track; 1]>>,
     /// Segment deadlines, validated against `tracks` when popped.
     wheel: Wheel,
@@ -309,6 +312,8 @@ impl Segments {
             by_trait: Vec::new(),
             by_counter: Vec::new(),
             empty_members: Vec::new(),
+            member_bits: Vec::new(),
+            stride: 1,
             tracks: Vec::new(),
             wheel: Wheel::new(tick_ms),
             marks: Vec::new(),
@@ -317,36 +322,95 @@ impl Segments {
         }
     }
 
-    /// Updates the record of (slot, row): membership and deadline. A record that
-    /// says neither "member" nor "pending" is dropped. A deadline earlier than the
-    /// one on file goes on the wheel; a later one needs nothing (the earlier
-    /// entry re-files itself when popped).
-    fn set_track(&mut self, slot: u32, row: u32, member: bool, deadline: Option<i64>) {
+    /// Adds the bookkeeping of one more customer row.
+    fn add_row(&mut self) {
+        self.member_bits
+            .resize(self.member_bits.len() + self.stride, 0);
+        self.tracks.push(SmallVec::new());
+    }
+
+    /// Makes room for `slot` in every row's membership bits.
+    fn ensure_slot(&mut self, slot: u32) {
+        let need = slot as usize / 64 + 1;
+        if need <= self.stride {
+            return;
+        }
+        let stride = need.max(self.stride * 2);
+        let rows = self.member_bits.len() / self.stride;
+        let mut bits = vec![0u64; rows * stride];
+        for (row, words) in self.member_bits.chunks(self.stride).enumerate() {
+            bits[row * stride..row * stride + self.stride].copy_from_slice(words);
+        }
+        self.member_bits = bits;
+        self.stride = stride;
+    }
+
+    #[inline]
+    fn is_member(&self, slot: u32, row: u32) -> bool {
+        let word = self.member_bits[row as usize * self.stride + slot as usize / 64];
+        word >> (slot % 64) & 1 == 1
+    }
+
+    #[inline]
+    fn set_member(&mut self, slot: u32, row: u32, member: bool) {
+        let word = &mut self.member_bits[row as usize * self.stride + slot as usize / 64];
+        let bit = 1u64 << (slot % 64);
+        if member {
+            *word |= bit;
+        } else {
+            *word &= !bit;
+        }
+    }
+
+    /// Where `slot` is (or would go) in `row`'s deadlines, searching from `from`
+    /// on (every slot before `from` is smaller).
+    fn find_track(&self, slot: u32, row: u32, from: usize) -> Result<usize, usize> {
+        let list = &self.tracks[row as usize];
+        let from = from.min(list.len());
+        list[from..]
+            .binary_search_by_key(&slot, |t| t.slot)
+            .map(|i| i + from)
+            .map_err(|i| i + from)
+    }
+
+    /// Sets the pending deadline of (slot, row); `NEVER_MS` clears it. A deadline
+    /// earlier than the one on file goes on the wheel; a later one needs nothing
+    /// (the earlier entry re-files itself when popped).
+    fn set_deadline(&mut self, slot: u32, row: u32, deadline: i64) {
+        let position = self.find_track(slot, row, 0);
+        self.write_deadline(slot, row, position, deadline);
+    }
+
+    /// [`Self::set_deadline`] at a known position; returns where the search for
+    /// a larger slot can start.
+    fn write_deadline(
+        &mut self,
+        slot: u32,
+        row: u32,
+        position: Result<usize, usize>,
+        deadline: i64,
+    ) -> usize {
         let list = &mut self.tracks[row as usize];
-        let position = list.binary_search_by_key(&slot, |t| t.slot);
         let old_deadline = position.map_or(NEVER_MS, |i| list[i].deadline);
-        let deadline = deadline.unwrap_or(old_deadline);
-        match position {
-            Ok(i) if !member && deadline == NEVER_MS => {
+        let next = match position {
+            Ok(i) if deadline == NEVER_MS => {
                 list.remove(i);
+                i
             }
             Ok(i) => {
-                list[i].member = member;
                 list[i].deadline = deadline;
+                i + 1
             }
-            Err(_) if !member && deadline == NEVER_MS => {}
-            Err(i) => list.insert(
-                i,
-                Track {
-                    slot,
-                    member,
-                    deadline,
-                },
-            ),
-        }
+            Err(i) if deadline == NEVER_MS => i,
+            Err(i) => {
+                list.insert(i, Track { slot, deadline });
+                i + 1
+            }
+        };
         if deadline < old_deadline {
             self.wheel.push(DeadlineKey::new(slot, row), deadline);
         }
+        next
     }
 
     /// Pops the segment pairs due at `now` into `pairs` (slot, row).
@@ -367,10 +431,9 @@ impl Segments {
                     list.remove(i);
                     return Verdict::Skip;
                 }
-                let current = (list[i].deadline != NEVER_MS).then_some(list[i].deadline);
-                let verdict = judge(current, at, now.0);
+                let verdict = judge(Some(list[i].deadline), at, now.0);
                 if let Verdict::Due(_) = verdict {
-                    list[i].deadline = NEVER_MS;
+                    list.remove(i);
                 }
                 verdict
             },
@@ -380,6 +443,11 @@ impl Segments {
     }
 
     /// Re-evaluates one pair, updates membership and the deadline, emits a delta.
+    /// `hint` is where in the customer's deadlines to start looking: callers that
+    /// visit one customer's segments in increasing slot order pass the value
+    /// returned by the previous call, so only the first lookup touches cold
+    /// memory (otherwise pass 0).
+    #[allow(clippy::too_many_arguments)]
     fn reevaluate(
         &mut self,
         slot: u32,
@@ -388,16 +456,18 @@ impl Segments {
         now: Timestamp,
         cause: Cause,
         out: &mut Vec<Delta>,
-    ) {
-        let Some(seg) = self.slots[slot as usize].as_mut() else {
-            return;
+        hint: usize,
+    ) -> usize {
+        let Some(seg) = self.slots[slot as usize].as_ref() else {
+            return hint;
         };
         let (member, until) = seg.compiled.evaluate(ctx, row, now);
         let time_dependent = seg.compiled.time_dependent;
-        let list = &self.tracks[row as usize];
-        let was = list
-            .binary_search_by_key(&slot, |t| t.slot)
-            .is_ok_and(|i| list[i].member);
+        let was = self.is_member(slot, row);
+        if member != was {
+            self.set_member(slot, row, member);
+        }
+        let seg = self.slots[slot as usize].as_mut().expect("checked above");
         debug_assert_eq!(was, seg.members.contains(row));
         if member != was {
             if member {
@@ -417,8 +487,11 @@ impl Segments {
                 cause,
             });
         }
-        if member != was || time_dependent {
-            self.set_track(slot, row, member, time_dependent.then_some(until.0));
+        if time_dependent {
+            let position = self.find_track(slot, row, hint);
+            self.write_deadline(slot, row, position, until.0)
+        } else {
+            hint
         }
     }
 
@@ -541,7 +614,7 @@ impl Shard {
         };
         // Row 0: the customer with no events.
         shard.state.external_ids.push("".into());
-        shard.segments.tracks.push(SmallVec::new());
+        shard.segments.add_row();
         let no_history: &[Event] = &[];
         for def in ComputedTraitDef::builtins() {
             shard
@@ -619,7 +692,7 @@ impl Shard {
         let row = self.state.rows() as u32;
         self.state.customers.insert(key.into(), row);
         self.state.external_ids.push(key.into());
-        self.segments.tracks.push(SmallVec::new());
+        self.segments.add_row();
         let rows = self.state.rows();
         for column in &mut self.state.attrs {
             column.resize(rows);
@@ -696,14 +769,17 @@ impl Shard {
                 if !self.segments.is_marked(slot) {
                     // Unchanged from the empty customer, whose answer never depends on time.
                     self.segments
-                        .reevaluate(slot, &ctx, row, now, Cause::Event, out);
+                        .reevaluate(slot, &ctx, row, now, Cause::Event, out, 0);
                 }
             }
         }
+        self.segments.touched.sort_unstable();
+        let mut hint = 0;
         for i in 0..self.segments.touched.len() {
             let slot = self.segments.touched[i];
-            self.segments
-                .reevaluate(slot, &ctx, row, now, Cause::Event, out);
+            hint = self
+                .segments
+                .reevaluate(slot, &ctx, row, now, Cause::Event, out, hint);
         }
         Ok(Applied {
             duplicate: false,
@@ -865,9 +941,14 @@ impl Shard {
         pairs.sort_unstable_by_key(|(slot, row)| (*row, *slot));
         pairs.dedup();
         let ctx = self.state.ctx(None);
+        let (mut hint, mut last_row) = (0, u32::MAX);
         for (slot, row) in pairs {
-            self.segments
-                .reevaluate(slot, &ctx, row, now, Cause::Time, out);
+            if row != last_row {
+                (hint, last_row) = (0, row);
+            }
+            hint = self
+                .segments
+                .reevaluate(slot, &ctx, row, now, Cause::Time, out, hint);
         }
     }
 
@@ -1045,12 +1126,12 @@ impl Shard {
         let (compiled, counter_ids) = self.compile_linked(&rule, history)?;
         let (members, deadlines, empty_member) = self.evaluate_all(&compiled);
         let slot = self.segments.slots.len() as u32;
+        self.segments.ensure_slot(slot);
         for row in &members {
-            self.segments.set_track(slot, row, true, None);
+            self.segments.set_member(slot, row, true);
         }
         for (row, until) in deadlines {
-            let member = members.contains(row);
-            self.segments.set_track(slot, row, member, Some(until.0));
+            self.segments.set_deadline(slot, row, until.0);
         }
         out.extend(members.iter().map(|row| Delta {
             segment: id,
@@ -1098,11 +1179,10 @@ impl Shard {
         // Pairs the new rule gives no deadline keep a stale one, which fires once
         // and re-evaluates to the same answer.
         for (row, until) in deadlines {
-            let member = members.contains(row);
-            self.segments.set_track(slot, row, member, Some(until.0));
+            self.segments.set_deadline(slot, row, until.0);
         }
         for row in &members - &old.members {
-            self.segments.set_track(slot, row, true, None);
+            self.segments.set_member(slot, row, true);
             out.push(Delta {
                 segment: id,
                 customer: row,
@@ -1112,7 +1192,7 @@ impl Shard {
             });
         }
         for row in &old.members - &members {
-            self.segments.set_track(slot, row, false, None);
+            self.segments.set_member(slot, row, false);
             out.push(Delta {
                 segment: id,
                 customer: row,
@@ -1151,11 +1231,9 @@ impl Shard {
             .expect("indexed slots are occupied");
         self.segments.unregister(slot);
         self.release_counters(&old.counter_ids);
-        // Members' records go now; pending deadlines of non-members are dropped
-        // when they pop (the slot is empty by then).
+        // Pending deadlines are dropped when they pop (the slot is empty by then).
         for row in &old.members {
-            let list = &mut self.segments.tracks[row as usize];
-            list.retain(|t| t.slot != slot);
+            self.segments.set_member(slot, row, false);
         }
         Ok(())
     }
@@ -1295,10 +1373,9 @@ impl Shard {
             .iter()
             .filter_map(|t| t.values.get(row).map(|v| (t.def.name.clone(), v)))
             .collect();
-        let segments = self.segments.tracks[row as usize]
-            .iter()
-            .filter(|t| t.member)
-            .filter_map(|t| self.segments.slots[t.slot as usize].as_ref())
+        let segments = (0..self.segments.slots.len() as u32)
+            .filter(|slot| self.segments.is_member(*slot, row))
+            .filter_map(|slot| self.segments.slots[slot as usize].as_ref())
             .map(|s| s.id)
             .collect();
         Some(CustomerView {
@@ -1342,6 +1419,7 @@ impl Shard {
                     }
             })
             .sum::<usize>()
+            + self.segments.member_bits.capacity() * 8
             + self.segments.wheel.heap_bytes();
         let dedup = (self.dedup.current.capacity() + self.dedup.previous.capacity()) * 17;
         attrs
