@@ -197,7 +197,7 @@ fn bench_preview(c: &mut Criterion) {
         "warmup": PEER_WARMUP_RUNS,
         "threads": scan_threads,
         "version": env!("CARGO_PKG_VERSION"),
-        "storage": "Shard columns: total_spend f64 (computed trait), visits f64, city u32 dictionary codes",
+        "storage": "Shard columns: total_spend i32 at scale 100 (computed trait), visits i8, city u8 dictionary codes",
         // Row indexes, as the peer reports them.
         "sample": first.sample.iter().map(|id| id - 1).collect::<Vec<_>>(),
     });

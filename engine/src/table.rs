@@ -6,7 +6,14 @@
 //! of the data to keep in sync. Missing values use sentinels so that scans need no
 //! separate validity bitmap: `NaN` for numbers (every comparison with `NaN` is
 //! false, which is exactly the rule semantics for a missing value), `i64::MIN` for
-//! timestamps, `u32::MAX` for string codes and `2` for booleans.
+//! timestamps, [`MISSING_CODE`] for string codes and `2` for booleans.
+//!
+//! A scan reads every row of the columns it tests, so numbers and string codes
+//! are stored as narrowly as their values allow, losslessly: numbers as scaled `i8`/`i16`/
+//! `i32` when every value is a short decimal (see [`NumberColumn`]), string codes
+//! as `u8`/`u16`/`u32` by dictionary size (see [`CodeColumn`]). Their readers see
+//! `f64` and `u32` through `get`; scans read the narrow slices and translate their
+//! constants into the narrow domain instead (see `preview`).
 
 use rustc_hash::FxHashMap;
 
@@ -66,44 +73,515 @@ impl Dictionary {
     }
 }
 
-/// A column of numbers; `NaN` marks a missing value.
+// ---------------------------------------------------------------------------
+// Numbers: scaled integers when lossless, else f64
+// ---------------------------------------------------------------------------
+
+/// Decimal scales a number column can use, smallest first: the value `x` is
+/// stored as the integer `round(x * scale)`.
+pub const SCALES: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+
+/// Bound on the codes used to find a value's scale: below 2^53 every integer is
+/// an exact `f64`, so `code as f64 / scale` is the correctly rounded quotient.
+const EXACT_INTEGER: i64 = 1 << 53;
+
+/// The code of `x` at `scale` if it lies in `low..=high` and decodes back to `x`
+/// exactly (`code as f64 / scale == x`); `None` for `NaN` and for every value the
+/// scale cannot hold losslessly.
 ///
-/// Kept behind methods so that the storage can change (for example to a narrower
-/// encoding) without touching readers.
-#[derive(Debug, Default, Clone)]
+/// Decoding is a correctly rounded division, so the round trip is exact precisely
+/// when this equality holds. `-0.0` encodes as `0` and decodes as `+0.0`, which
+/// compares equal to it: no rule can tell the two apart.
+#[inline]
+pub fn encode_scaled(x: f64, scale: f64, low: i64, high: i64) -> Option<i64> {
+    let code = (x * scale).round();
+    // Written so that `NaN` fails the range test.
+    if !(code >= low as f64 && code <= high as f64) {
+        return None;
+    }
+    let code = code as i64;
+    (code as f64 / scale == x).then_some(code)
+}
+
+/// An integer type that holds scaled numbers. Its `MIN` marks a missing value,
+/// so the codes of present values are `LOW..=HIGH`.
+pub trait ScaledInt: Copy + Ord + std::fmt::Debug + Send + Sync + 'static {
+    const MISSING: Self;
+    const LOW: i64;
+    const HIGH: i64;
+    fn to_i64(self) -> i64;
+    /// `code` is in `LOW..=HIGH`, or the missing code.
+    fn from_i64(code: i64) -> Self;
+}
+
+macro_rules! scaled_int {
+    ($($t:ty),*) => {$(
+        impl ScaledInt for $t {
+            const MISSING: Self = <$t>::MIN;
+            const LOW: i64 = <$t>::MIN as i64 + 1;
+            const HIGH: i64 = <$t>::MAX as i64;
+            #[inline(always)]
+            fn to_i64(self) -> i64 {
+                self as i64
+            }
+            #[inline(always)]
+            fn from_i64(code: i64) -> Self {
+                debug_assert!(<$t>::try_from(code).is_ok(), "code {code} out of range");
+                code as $t
+            }
+        }
+    )*};
+}
+scaled_int!(i8, i16, i32);
+
+#[inline(always)]
+fn decode_scaled<T: ScaledInt>(code: T, scale: f64) -> f64 {
+    if code == T::MISSING {
+        f64::NAN
+    } else {
+        code.to_i64() as f64 / scale
+    }
+}
+
+/// `x`'s code in `T` at `scale` (the missing code for `NaN`), if lossless.
+#[inline(always)]
+fn encode_as<T: ScaledInt>(x: f64, scale: f64) -> Option<T> {
+    if x.is_nan() {
+        return Some(T::MISSING);
+    }
+    encode_scaled(x, scale, T::LOW, T::HIGH).map(T::from_i64)
+}
+
+#[derive(Debug, Clone)]
+enum NumberStorage {
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    F64(Vec<f64>),
+}
+
+/// Integer widths in the order a column widens through them.
+const INTEGER_WIDTHS: [(i64, i64); 3] = [
+    (<i8 as ScaledInt>::LOW, <i8 as ScaledInt>::HIGH),
+    (<i16 as ScaledInt>::LOW, <i16 as ScaledInt>::HIGH),
+    (<i32 as ScaledInt>::LOW, <i32 as ScaledInt>::HIGH),
+];
+
+impl NumberStorage {
+    /// Position in `INTEGER_WIDTHS`; `F64` comes after them all.
+    fn width(&self) -> usize {
+        match self {
+            NumberStorage::I8(_) => 0,
+            NumberStorage::I16(_) => 1,
+            NumberStorage::I32(_) => 2,
+            NumberStorage::F64(_) => 3,
+        }
+    }
+}
+
+/// A read-only view of a number column's storage, for scans.
+#[derive(Debug, Clone, Copy)]
+pub enum NumberValues<'a> {
+    /// Codes `c` meaning `c as f64 / scale`; `i8::MIN` is missing.
+    I8(&'a [i8], f64),
+    I16(&'a [i16], f64),
+    I32(&'a [i32], f64),
+    /// Plain values; `NaN` is missing.
+    F64(&'a [f64]),
+}
+
+/// A column of numbers; `NaN` marks a missing value on the API side.
+///
+/// Stored as narrowly as the values allow, losslessly, as a columnar store does:
+/// scaled integers `i8`, `i16` or `i32` with a decimal scale from [`SCALES`]
+/// (a price `1234.56` is the `i32` `123456` at scale 100), or `f64` when no such
+/// encoding holds every value. The integer type's `MIN` is the missing value.
+///
+/// A write the current encoding cannot hold re-encodes the whole column to the
+/// narrowest encoding (width first, then scale) that holds every value and is
+/// no narrower than the current one in either width or scale. Encodings only
+/// widen, so a column is re-encoded at most seven times in its life:
+///
+/// ```text
+///   i8 ─► i16 ─► i32 ─► f64        (each at scale 1 ─► 10 ─► … ─► 10_000)
+/// ```
+///
+/// Values are never rounded: `get` returns a value equal to the one `set`.
+#[derive(Debug, Clone)]
 pub struct NumberColumn {
-    values: Vec<f64>,
+    storage: NumberStorage,
+    /// Index into [`SCALES`]; unused for `F64`.
+    scale: usize,
+}
+
+impl Default for NumberColumn {
+    fn default() -> Self {
+        NumberColumn {
+            storage: NumberStorage::I8(Vec::new()),
+            scale: 0,
+        }
+    }
 }
 
 impl NumberColumn {
     pub fn len(&self) -> usize {
-        self.values.len()
+        match &self.storage {
+            NumberStorage::I8(v) => v.len(),
+            NumberStorage::I16(v) => v.len(),
+            NumberStorage::I32(v) => v.len(),
+            NumberStorage::F64(v) => v.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len() == 0
     }
 
     #[inline]
     pub fn get(&self, row: usize) -> f64 {
-        self.values[row]
+        let scale = SCALES[self.scale];
+        match &self.storage {
+            NumberStorage::I8(v) => decode_scaled(v[row], scale),
+            NumberStorage::I16(v) => decode_scaled(v[row], scale),
+            NumberStorage::I32(v) => decode_scaled(v[row], scale),
+            NumberStorage::F64(v) => v[row],
+        }
     }
 
     #[inline]
     pub fn set(&mut self, row: usize, value: f64) {
-        self.values[row] = value;
+        if !self.try_set(row, value) {
+            self.widen_for(value);
+            let stored = self.try_set(row, value);
+            debug_assert!(stored, "{value} fits the widened column");
+        }
     }
 
+    /// Stores `value` if the current encoding holds it.
+    #[inline]
+    fn try_set(&mut self, row: usize, value: f64) -> bool {
+        fn store<T: ScaledInt>(slot: &mut T, value: f64, scale: f64) -> bool {
+            encode_as(value, scale).map(|code| *slot = code).is_some()
+        }
+        let scale = SCALES[self.scale];
+        match &mut self.storage {
+            NumberStorage::I8(v) => store(&mut v[row], value, scale),
+            NumberStorage::I16(v) => store(&mut v[row], value, scale),
+            NumberStorage::I32(v) => store(&mut v[row], value, scale),
+            NumberStorage::F64(v) => {
+                v[row] = value;
+                true
+            }
+        }
+    }
+
+    fn holds(&self, value: f64) -> bool {
+        let scale = SCALES[self.scale];
+        match &self.storage {
+            NumberStorage::I8(_) => encode_as::<i8>(value, scale).is_some(),
+            NumberStorage::I16(_) => encode_as::<i16>(value, scale).is_some(),
+            NumberStorage::I32(_) => encode_as::<i32>(value, scale).is_some(),
+            NumberStorage::F64(_) => true,
+        }
+    }
+
+    /// Grows (or shrinks) the column to `rows` rows; new rows hold `fill`.
     pub fn resize(&mut self, rows: usize, fill: f64) {
-        self.values.resize(rows, fill);
+        if rows <= self.len() {
+            self.truncate(rows);
+            return;
+        }
+        if !self.holds(fill) {
+            self.widen_for(fill);
+        }
+        fn grow<T: ScaledInt>(v: &mut Vec<T>, rows: usize, fill: f64, scale: f64) {
+            let code = encode_as(fill, scale).expect("the column was widened for the fill");
+            v.resize(rows, code);
+        }
+        let scale = SCALES[self.scale];
+        match &mut self.storage {
+            NumberStorage::I8(v) => grow(v, rows, fill, scale),
+            NumberStorage::I16(v) => grow(v, rows, fill, scale),
+            NumberStorage::I32(v) => grow(v, rows, fill, scale),
+            NumberStorage::F64(v) => v.resize(rows, fill),
+        }
     }
 
-    pub fn as_slice(&self) -> &[f64] {
-        &self.values
+    fn truncate(&mut self, rows: usize) {
+        match &mut self.storage {
+            NumberStorage::I8(v) => v.truncate(rows),
+            NumberStorage::I16(v) => v.truncate(rows),
+            NumberStorage::I32(v) => v.truncate(rows),
+            NumberStorage::F64(v) => v.truncate(rows),
+        }
+    }
+
+    /// Re-encodes the column so that it holds every current value and `value`.
+    #[cold]
+    fn widen_for(&mut self, value: f64) {
+        // One pass finds the finest scale any value needs and the value range;
+        // the range at that scale then picks the width.
+        let mut scale = self.scale;
+        let mut needs_f64 = false;
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut note = |x: f64| {
+            if x.is_nan() || needs_f64 {
+                return;
+            }
+            match (scale..SCALES.len())
+                .find(|&k| encode_scaled(x, SCALES[k], -EXACT_INTEGER, EXACT_INTEGER).is_some())
+            {
+                Some(k) => scale = k,
+                None => needs_f64 = true,
+            }
+            min = min.min(x);
+            max = max.max(x);
+        };
+        for row in 0..self.len() {
+            note(self.get(row));
+        }
+        note(value);
+        let width = if needs_f64 {
+            None
+        } else if min > max {
+            // Nothing but missing values: only a finer scale was asked for.
+            Some(self.storage.width())
+        } else {
+            let (low, high) = ((min * SCALES[scale]).round(), (max * SCALES[scale]).round());
+            (self.storage.width()..INTEGER_WIDTHS.len())
+                .find(|&w| low >= INTEGER_WIDTHS[w].0 as f64 && high <= INTEGER_WIDTHS[w].1 as f64)
+        };
+        let widened = width.and_then(|width| self.reencode(width, scale));
+        debug_assert!(
+            needs_f64 || width.is_none() || widened.is_some(),
+            "a value that fits no chosen encoding"
+        );
+        match widened {
+            Some(storage) => {
+                self.storage = storage;
+                self.scale = scale;
+            }
+            None => {
+                let mut values = Vec::with_capacity(self.capacity());
+                values.extend((0..self.len()).map(|row| self.get(row)));
+                self.storage = NumberStorage::F64(values);
+                self.scale = 0;
+            }
+        }
+        debug_assert!(self.holds(value));
+    }
+
+    /// The column in integer width `width` at `SCALES[scale]`, if that holds
+    /// every value.
+    fn reencode(&self, width: usize, scale: usize) -> Option<NumberStorage> {
+        fn encode_all<T: ScaledInt>(column: &NumberColumn, scale: f64) -> Option<Vec<T>> {
+            let mut codes = Vec::with_capacity(column.capacity());
+            for row in 0..column.len() {
+                codes.push(encode_as(column.get(row), scale)?);
+            }
+            Some(codes)
+        }
+        let s = SCALES[scale];
+        Some(match width {
+            0 => NumberStorage::I8(encode_all(self, s)?),
+            1 => NumberStorage::I16(encode_all(self, s)?),
+            2 => NumberStorage::I32(encode_all(self, s)?),
+            _ => return None,
+        })
+    }
+
+    fn capacity(&self) -> usize {
+        match &self.storage {
+            NumberStorage::I8(v) => v.capacity(),
+            NumberStorage::I16(v) => v.capacity(),
+            NumberStorage::I32(v) => v.capacity(),
+            NumberStorage::F64(v) => v.capacity(),
+        }
+    }
+
+    /// The stored codes, for scans.
+    pub fn values(&self) -> NumberValues<'_> {
+        let scale = SCALES[self.scale];
+        match &self.storage {
+            NumberStorage::I8(v) => NumberValues::I8(v, scale),
+            NumberStorage::I16(v) => NumberValues::I16(v, scale),
+            NumberStorage::I32(v) => NumberValues::I32(v, scale),
+            NumberStorage::F64(v) => NumberValues::F64(v),
+        }
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.values.capacity() * 8
+        match &self.storage {
+            NumberStorage::I8(v) => v.capacity(),
+            NumberStorage::I16(v) => v.capacity() * 2,
+            NumberStorage::I32(v) => v.capacity() * 4,
+            NumberStorage::F64(v) => v.capacity() * 8,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// String dictionary codes: u8, u16 or u32 by dictionary size
+// ---------------------------------------------------------------------------
+
+/// An unsigned type that holds dictionary codes; its `MAX` marks a missing value.
+pub trait CodeInt: Copy + Eq + std::fmt::Debug + Send + Sync + 'static {
+    const MISSING: Self;
+    /// The code, or `None` if this width cannot hold it.
+    fn from_code(code: u32) -> Option<Self>;
+    fn index(self) -> usize;
+}
+
+macro_rules! code_int {
+    ($($t:ty),*) => {$(
+        impl CodeInt for $t {
+            const MISSING: Self = <$t>::MAX;
+            #[inline(always)]
+            fn from_code(code: u32) -> Option<Self> {
+                <$t>::try_from(code).ok().filter(|c| *c != Self::MISSING)
+            }
+            #[inline(always)]
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    )*};
+}
+code_int!(u8, u16, u32);
+
+#[inline(always)]
+fn widen_code<T: CodeInt>(code: T) -> u32 {
+    if code == T::MISSING {
+        MISSING_CODE
+    } else {
+        code.index() as u32
+    }
+}
+
+/// A read-only view of a code column's storage, for scans. The width's `MAX` is
+/// missing.
+#[derive(Debug, Clone, Copy)]
+pub enum CodeValues<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+}
+
+#[derive(Debug, Clone)]
+enum CodeStorage {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+/// Dictionary codes of a string column, one per row, in the narrowest unsigned
+/// type that holds every code: `u8` up to 255 distinct strings, then `u16`,
+/// then `u32`. The type's `MAX` is the missing value; [`CodeColumn::get`]
+/// reports it as [`MISSING_CODE`] whatever the width. Writing a code the width
+/// cannot hold re-encodes the column one size up (at most twice in its life).
+#[derive(Debug, Clone)]
+pub struct CodeColumn {
+    storage: CodeStorage,
+}
+
+impl Default for CodeColumn {
+    fn default() -> Self {
+        CodeColumn {
+            storage: CodeStorage::U8(Vec::new()),
+        }
+    }
+}
+
+impl CodeColumn {
+    pub fn len(&self) -> usize {
+        match &self.storage {
+            CodeStorage::U8(v) => v.len(),
+            CodeStorage::U16(v) => v.len(),
+            CodeStorage::U32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The code at `row`, or [`MISSING_CODE`].
+    #[inline]
+    pub fn get(&self, row: usize) -> u32 {
+        match &self.storage {
+            CodeStorage::U8(v) => widen_code(v[row]),
+            CodeStorage::U16(v) => widen_code(v[row]),
+            CodeStorage::U32(v) => widen_code(v[row]),
+        }
+    }
+
+    /// Stores `code` ([`MISSING_CODE`] for missing) at `row`.
+    #[inline]
+    pub fn set(&mut self, row: usize, code: u32) {
+        fn store<T: CodeInt>(slot: &mut T, code: u32) -> bool {
+            if code == MISSING_CODE {
+                *slot = T::MISSING;
+                return true;
+            }
+            T::from_code(code).map(|c| *slot = c).is_some()
+        }
+        let stored = match &mut self.storage {
+            CodeStorage::U8(v) => store(&mut v[row], code),
+            CodeStorage::U16(v) => store(&mut v[row], code),
+            CodeStorage::U32(v) => store(&mut v[row], code),
+        };
+        if !stored {
+            self.widen_for(code);
+            self.set(row, code);
+        }
+    }
+
+    /// Grows (or shrinks) the column to `rows` rows; new rows are missing.
+    pub fn resize(&mut self, rows: usize) {
+        match &mut self.storage {
+            CodeStorage::U8(v) => v.resize(rows, u8::MISSING),
+            CodeStorage::U16(v) => v.resize(rows, u16::MISSING),
+            CodeStorage::U32(v) => v.resize(rows, u32::MISSING),
+        }
+    }
+
+    #[cold]
+    fn widen_for(&mut self, code: u32) {
+        fn recode<T: CodeInt>(column: &CodeColumn, capacity: usize) -> Vec<T> {
+            let mut codes = Vec::with_capacity(capacity);
+            codes.extend((0..column.len()).map(|row| match column.get(row) {
+                MISSING_CODE => T::MISSING,
+                c => T::from_code(c).expect("a wider type holds every narrower code"),
+            }));
+            codes
+        }
+        let capacity = match &self.storage {
+            CodeStorage::U8(v) => v.capacity(),
+            CodeStorage::U16(v) => v.capacity(),
+            CodeStorage::U32(v) => v.capacity(),
+        };
+        self.storage = if u16::from_code(code).is_some() {
+            CodeStorage::U16(recode(self, capacity))
+        } else {
+            CodeStorage::U32(recode(self, capacity))
+        };
+    }
+
+    /// The stored codes, for scans.
+    pub fn values(&self) -> CodeValues<'_> {
+        match &self.storage {
+            CodeStorage::U8(v) => CodeValues::U8(v),
+            CodeStorage::U16(v) => CodeValues::U16(v),
+            CodeStorage::U32(v) => CodeValues::U32(v),
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        match &self.storage {
+            CodeStorage::U8(v) => v.capacity(),
+            CodeStorage::U16(v) => v.capacity() * 2,
+            CodeStorage::U32(v) => v.capacity() * 4,
+        }
     }
 }
 
@@ -113,7 +591,7 @@ pub enum Column {
     Number(NumberColumn),
     Bool(Vec<u8>),
     String {
-        codes: Vec<u32>,
+        codes: CodeColumn,
         dict: Dictionary,
     },
     Timestamp(Vec<i64>),
@@ -129,7 +607,7 @@ impl Column {
             AttrType::Number => Column::Number(NumberColumn::default()),
             AttrType::Bool => Column::Bool(Vec::new()),
             AttrType::String => Column::String {
-                codes: Vec::new(),
+                codes: CodeColumn::default(),
                 dict: Dictionary::default(),
             },
             AttrType::Timestamp => Column::Timestamp(Vec::new()),
@@ -170,7 +648,7 @@ impl Column {
             (Column::Number(v), Some(AttrValue::Number(d))) => v.resize(rows, *d),
             (Column::Number(v), _) => v.resize(rows, f64::NAN),
             (Column::Bool(v), _) => v.resize(rows, MISSING_BOOL),
-            (Column::String { codes, .. }, _) => codes.resize(rows, MISSING_CODE),
+            (Column::String { codes, .. }, _) => codes.resize(rows),
             (Column::Timestamp(v), _) => v.resize(rows, MISSING_TIME),
             (Column::ListOfStrings { lists, .. }, _) => lists.resize(rows, None),
         }
@@ -189,9 +667,8 @@ impl Column {
                 Some(1) => Some(AttrValue::Bool(true)),
                 _ => None,
             },
-            Column::String { codes, dict } => codes
-                .get(row)
-                .copied()
+            Column::String { codes, dict } => (row < codes.len())
+                .then(|| codes.get(row))
                 .filter(|c| *c != MISSING_CODE)
                 .map(|c| AttrValue::String(dict.get(c).to_string())),
             Column::Timestamp(v) => v
@@ -228,12 +705,13 @@ impl Column {
                     _ => MISSING_BOOL,
                 }
             }
-            Column::String { codes, dict } => {
-                codes[row] = match value {
+            Column::String { codes, dict } => codes.set(
+                row,
+                match value {
                     Some(AttrValue::String(s)) => dict.intern(s),
                     _ => MISSING_CODE,
-                }
-            }
+                },
+            ),
             Column::Timestamp(v) => {
                 v[row] = match value {
                     Some(AttrValue::Timestamp(t)) => t.0,
@@ -255,7 +733,7 @@ impl Column {
         match self {
             Column::Number(v) => v.heap_bytes(),
             Column::Bool(v) => v.capacity(),
-            Column::String { codes, dict } => codes.capacity() * 4 + dict.heap_bytes(),
+            Column::String { codes, dict } => codes.heap_bytes() + dict.heap_bytes(),
             Column::Timestamp(v) => v.capacity() * 8,
             Column::ListOfStrings { lists, dict } => {
                 lists.capacity() * 16
@@ -317,5 +795,269 @@ impl AttributeColumn {
         }
         self.column.set(row, value);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `(width, scale)` of a column: width 0..=2 for `i8`/`i16`/`i32`, 3 for `f64`.
+    fn encoding(column: &NumberColumn) -> (usize, f64) {
+        (column.storage.width(), SCALES[column.scale])
+    }
+
+    fn column_of(values: &[f64]) -> NumberColumn {
+        let mut column = NumberColumn::default();
+        column.resize(values.len(), f64::NAN);
+        for (row, x) in values.iter().enumerate() {
+            column.set(row, *x);
+        }
+        column
+    }
+
+    /// Same value, with every `NaN` counted as one value (missing).
+    fn same(a: f64, b: f64) -> bool {
+        a == b || (a.is_nan() && b.is_nan())
+    }
+
+    fn assert_holds(column: &NumberColumn, values: &[f64]) {
+        assert_eq!(column.len(), values.len());
+        for (row, x) in values.iter().enumerate() {
+            let got = column.get(row);
+            assert!(same(got, *x), "row {row}: set {x:?}, got {got:?}");
+        }
+    }
+
+    /// The narrowest encoding, width first then scale, that holds all `values`,
+    /// by trying each in turn.
+    fn narrowest(values: &[f64]) -> (usize, f64) {
+        for (width, (low, high)) in INTEGER_WIDTHS.iter().enumerate() {
+            for scale in SCALES {
+                let holds = |x: &f64| x.is_nan() || encode_scaled(*x, scale, *low, *high).is_some();
+                if values.iter().all(holds) {
+                    return (width, scale);
+                }
+            }
+        }
+        (3, 1.0)
+    }
+
+    #[test]
+    fn benchmark_columns_are_stored_as_small_integers() {
+        // Money in cents: i32 at scale 100. Visit counts: i8.
+        let spend: Vec<f64> = (0..1_000_000u64)
+            .map(|i| (i * 7_919 % 1_000_000) as f64 / 100.0)
+            .collect();
+        let visits: Vec<f64> = (0..1_000u64).map(|i| (i % 10) as f64).collect();
+        let spend_column = column_of(&spend);
+        let visits_column = column_of(&visits);
+        assert_eq!(encoding(&spend_column), (2, 100.0));
+        assert_eq!(encoding(&visits_column), (0, 1.0));
+        assert_holds(&spend_column, &spend);
+        assert_holds(&visits_column, &visits);
+        // Memory reflects the narrow storage: 4 and 1 bytes a row.
+        assert!(spend_column.heap_bytes() < 5 * spend.len());
+        assert!(visits_column.heap_bytes() < 2 * visits.len());
+    }
+
+    #[test]
+    fn sums_that_are_not_short_decimals_widen_to_f64() {
+        let mut column = NumberColumn::default();
+        column.resize(3, 0.0);
+        column.set(0, 0.1);
+        column.set(1, 7.0);
+        assert_eq!(encoding(&column), (0, 10.0));
+        column.set(0, column.get(0) + 0.2);
+        assert_eq!(encoding(&column), (3, 1.0));
+        assert_holds(&column, &[0.1 + 0.2, 7.0, 0.0]);
+        assert_ne!(column.get(0), 0.3);
+    }
+
+    #[test]
+    fn encodings_widen_on_demand_and_keep_earlier_values() {
+        let mut column = NumberColumn::default();
+        column.resize(8, f64::NAN);
+        let mut expected = vec![f64::NAN; 8];
+        let steps = [
+            (0, 5.0, (0, 1.0)),
+            (1, 127.0, (0, 1.0)),
+            // i8::MIN is the missing code, so -128 needs i16.
+            (2, -128.0, (1, 1.0)),
+            (3, 12.5, (1, 10.0)),
+            (4, 3276.7, (1, 10.0)),
+            (5, 3276.8, (2, 10.0)),
+            (6, 0.0001, (2, 10_000.0)),
+            // 214748.3648 * 10_000 is past i32::MAX.
+            (7, 214_748.364_8, (3, 1.0)),
+        ];
+        for (row, x, after) in steps {
+            column.set(row, x);
+            expected[row] = x;
+            assert_eq!(encoding(&column), after, "after setting {x}");
+            assert_holds(&column, &expected);
+        }
+        // Overwriting the wide values never narrows the column back.
+        column.set(7, 1.0);
+        assert_eq!(encoding(&column), (3, 1.0));
+    }
+
+    #[test]
+    fn integer_limits_and_large_values() {
+        for (x, want) in [
+            (2_147_483_647.0, (2, 1.0)),
+            (-2_147_483_647.0, (2, 1.0)),
+            (-2_147_483_648.0, (3, 1.0)),
+            (2_147_483_648.0, (3, 1.0)),
+            (214_748.364_7, (2, 10_000.0)),
+            (-32_767.0, (1, 1.0)),
+            (-32_768.0, (2, 1.0)),
+            (1e15, (3, 1.0)),
+            (-1e300, (3, 1.0)),
+            (f64::INFINITY, (3, 1.0)),
+            (f64::NEG_INFINITY, (3, 1.0)),
+            (f64::MIN_POSITIVE, (3, 1.0)),
+            (1.0 / 3.0, (3, 1.0)),
+            (0.12345, (3, 1.0)),
+        ] {
+            let column = column_of(&[x]);
+            assert_eq!(encoding(&column), want, "{x}");
+            assert_holds(&column, &[x]);
+        }
+    }
+
+    #[test]
+    fn negative_zero_reads_back_equal() {
+        let column = column_of(&[-0.0, 0.5, -1.25]);
+        assert_eq!(encoding(&column), (0, 100.0));
+        // Stored as the code 0: the sign is gone, the value compares equal.
+        assert_eq!(column.get(0), -0.0);
+        assert_eq!(column.get(0), 0.0);
+        assert_holds(&column, &[-0.0, 0.5, -1.25]);
+    }
+
+    #[test]
+    fn missing_values_stay_missing_through_widening() {
+        let mut column = NumberColumn::default();
+        column.resize(4, f64::NAN);
+        column.set(1, 3.0);
+        column.set(2, f64::NAN);
+        assert_eq!(encoding(&column), (0, 1.0));
+        assert_holds(&column, &[f64::NAN, 3.0, f64::NAN, f64::NAN]);
+        column.set(3, 70_000.5);
+        assert_eq!(encoding(&column), (2, 10.0));
+        assert_holds(&column, &[f64::NAN, 3.0, f64::NAN, 70_000.5]);
+        column.set(1, f64::NAN);
+        column.set(3, 0.1 + 0.2);
+        assert_holds(&column, &[f64::NAN, f64::NAN, f64::NAN, 0.1 + 0.2]);
+        // A fill the encoding cannot hold widens it first.
+        let mut filled = NumberColumn::default();
+        filled.resize(2, 0.0);
+        filled.resize(5, 0.25);
+        assert_eq!(encoding(&filled), (0, 100.0));
+        assert_holds(&filled, &[0.0, 0.0, 0.25, 0.25, 0.25]);
+        // Shrinking never widens.
+        filled.resize(1, 1e300);
+        assert_eq!(encoding(&filled), (0, 100.0));
+    }
+
+    /// A value as rules and events produce them: short decimals of every
+    /// magnitude and sign, and values no decimal encoding holds.
+    fn arb_number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            4 => (-1_000_000i64..1_000_000, 0u32..5)
+                .prop_map(|(n, digits)| n as f64 / 10f64.powi(digits as i32)),
+            2 => (-100i64..100, 0u32..5)
+                .prop_map(|(n, digits)| n as f64 / 10f64.powi(digits as i32)),
+            1 => (-3e9f64..3e9).prop_map(f64::round),
+            1 => any::<f64>(),
+            1 => prop::sample::select(vec![
+                0.1 + 0.2,
+                -0.0,
+                0.0,
+                f64::NAN,
+                -128.0,
+                -32_768.0,
+                2_147_483_647.0,
+                214_748.364_7,
+                1e-5,
+            ]),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn number_column_round_trips_in_the_narrowest_encoding(
+            values in prop::collection::vec(arb_number(), 1..60),
+        ) {
+            let column = column_of(&values);
+            for (row, x) in values.iter().enumerate() {
+                let got = column.get(row);
+                prop_assert!(same(got, *x), "row {}: set {:?}, got {:?}", row, x, got);
+            }
+            prop_assert_eq!(encoding(&column), narrowest(&values));
+            let bytes = [1, 2, 4, 8][column.storage.width()];
+            prop_assert_eq!(column.heap_bytes(), column.capacity() * bytes);
+        }
+    }
+
+    #[test]
+    fn code_columns_widen_with_the_dictionary() {
+        let mut codes = CodeColumn::default();
+        codes.resize(4);
+        assert_eq!(codes.get(0), MISSING_CODE);
+        codes.set(0, 0);
+        codes.set(1, 254);
+        assert!(matches!(codes.values(), CodeValues::U8(_)));
+        assert_eq!(codes.heap_bytes(), code_capacity(&codes));
+        // 255 is u8's missing code.
+        codes.set(2, 255);
+        assert!(matches!(codes.values(), CodeValues::U16(_)));
+        assert_eq!(
+            (0..4).map(|row| codes.get(row)).collect::<Vec<_>>(),
+            [0, 254, 255, MISSING_CODE]
+        );
+        codes.set(3, 65_534);
+        assert!(matches!(codes.values(), CodeValues::U16(_)));
+        codes.set(3, 65_535);
+        assert!(matches!(codes.values(), CodeValues::U32(_)));
+        codes.set(0, MISSING_CODE);
+        codes.resize(5);
+        assert_eq!(
+            (0..5).map(|row| codes.get(row)).collect::<Vec<_>>(),
+            [MISSING_CODE, 254, 255, 65_535, MISSING_CODE]
+        );
+        assert_eq!(codes.heap_bytes(), 4 * code_capacity(&codes));
+    }
+
+    fn code_capacity(codes: &CodeColumn) -> usize {
+        match &codes.storage {
+            CodeStorage::U8(v) => v.capacity(),
+            CodeStorage::U16(v) => v.capacity(),
+            CodeStorage::U32(v) => v.capacity(),
+        }
+    }
+
+    #[test]
+    fn string_columns_read_back_through_narrow_codes() {
+        let mut column = Column::new(AttrType::String);
+        column.resize(600, None);
+        for row in 0..600u32 {
+            if row % 7 != 0 {
+                let value = AttrValue::String(format!("s{}", row % 300));
+                column.set(row, Some(&value));
+            }
+        }
+        let Column::String { codes, .. } = &column else {
+            unreachable!()
+        };
+        assert!(matches!(codes.values(), CodeValues::U16(_)));
+        for row in 0..600u32 {
+            let want = (row % 7 != 0).then(|| AttrValue::String(format!("s{}", row % 300)));
+            assert_eq!(column.get(row), want, "row {row}");
+        }
+        assert_eq!(column.get(600), None);
     }
 }

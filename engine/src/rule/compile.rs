@@ -831,7 +831,7 @@ fn eval_raw(node: &Node, ctx: &EvalContext<'_>, row: usize, now: i64) -> (bool, 
             let Column::String { codes, dict } = ctx.column(*field) else {
                 return (false, NEVER);
             };
-            let code = codes[row];
+            let code = codes.get(row);
             if code == MISSING_CODE {
                 return (false, NEVER);
             }
@@ -863,7 +863,7 @@ pub(crate) fn is_missing(column: &Column, row: usize) -> bool {
     match column {
         Column::Number(v) => v.get(row).is_nan(),
         Column::Bool(v) => v[row] == MISSING_BOOL,
-        Column::String { codes, .. } => codes[row] == MISSING_CODE,
+        Column::String { codes, .. } => codes.get(row) == MISSING_CODE,
         Column::Timestamp(v) => v[row] == MISSING_TIME,
         Column::ListOfStrings { lists, .. } => lists[row].is_none(),
     }
