@@ -1120,7 +1120,27 @@ impl Shard {
         &self,
         compiled: &CompiledRule,
     ) -> (roaring::RoaringBitmap, Vec<(u32, Timestamp)>, bool) {
+        if compiled.time_dependent {
+            return self.evaluate_rows(compiled);
+        }
+        // No deadlines to collect: the columnar scan finds the members, in row
+        // order.
         let ctx = self.state.ctx(None);
+        let empty_member = compiled.evaluate(&ctx, 0, self.now).0;
+        let all = crate::preview::scan(compiled, &ctx, self.state.rows(), self.now, usize::MAX);
+        let members = roaring::RoaringBitmap::from_sorted_iter(all.sample)
+            .expect("the scan yields rows in increasing order");
+        (members, Vec::new(), empty_member)
+    }
+
+    /// [`Self::evaluate_all`] one row at a time with the row evaluator: the
+    /// reference the columnar scan is checked against.
+    fn evaluate_rows(
+        &self,
+        compiled: &CompiledRule,
+    ) -> (roaring::RoaringBitmap, Vec<(u32, Timestamp)>, bool) {
+        let ctx = self.state.ctx(None);
+        let empty_member = compiled.evaluate(&ctx, 0, self.now).0;
         let mut members = roaring::RoaringBitmap::new();
         let mut deadlines = Vec::new();
         for row in 1..self.state.rows() as u32 {
@@ -1132,7 +1152,6 @@ impl Shard {
                 deadlines.push((row, until));
             }
         }
-        let empty_member = compiled.evaluate(&ctx, 0, self.now).0;
         (members, deadlines, empty_member)
     }
 
@@ -1283,12 +1302,13 @@ impl Shard {
         self.segments.slots.iter().flatten().map(|s| s.id)
     }
 
-    /// Evaluates a segment's rule over every customer at the shard's `now`,
-    /// ignoring all incremental bookkeeping: what membership must equal.
+    /// Evaluates a segment's rule over every customer at the shard's `now`, one
+    /// row at a time, ignoring all incremental bookkeeping and the columnar
+    /// scan: what membership must equal.
     pub fn evaluate_from_scratch(&self, id: SegmentId) -> Option<roaring::RoaringBitmap> {
         let slot = *self.segments.by_id.get(&id)?;
         let seg = self.segments.slots[slot as usize].as_ref()?;
-        Some(self.evaluate_all(&seg.compiled).0)
+        Some(self.evaluate_rows(&seg.compiled).0)
     }
 
     /// Customers in any of `include_any` (all customers when empty), in all of

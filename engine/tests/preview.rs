@@ -238,7 +238,9 @@ proptest! {
         let preview = shard.preview(&rule, sample, history).unwrap();
         let mut segmented = shard.clone();
         segmented.add_segment(SegmentId(1), rule.clone(), history, &mut Vec::new()).unwrap();
-        let members = segmented.members(SegmentId(1)).unwrap();
+        // The row evaluator, not the scan that backfill also uses.
+        let members = segmented.evaluate_from_scratch(SegmentId(1)).unwrap();
+        prop_assert_eq!(segmented.members(SegmentId(1)).unwrap(), &members, "backfill of {:?}", rule);
         prop_assert_eq!(preview.count, members.len(), "count of {:?}", rule);
         let first: Vec<u32> = members.iter().take(sample).collect();
         prop_assert_eq!(preview.sample, first);
@@ -345,7 +347,12 @@ fn wide_encodings_agree_with_row_by_row_evaluation() {
         segmented
             .add_segment(SegmentId(1), rule, &history, &mut Vec::new())
             .unwrap();
-        let members = segmented.members(SegmentId(1)).unwrap();
+        let members = segmented.evaluate_from_scratch(SegmentId(1)).unwrap();
+        assert_eq!(
+            segmented.members(SegmentId(1)).unwrap(),
+            &members,
+            "backfill of `{text}`"
+        );
         assert_eq!(preview.count, members.len(), "count of `{text}`");
         let first: Vec<u32> = members.iter().take(7).collect();
         assert_eq!(preview.sample, first, "sample of `{text}`");
