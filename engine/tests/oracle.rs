@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value as Json, json};
 use xeno_engine::model::{AttrType, Event};
 use xeno_engine::rule::{CompareOp, Condition, Performed, Quantifier, Rule, Scalar, Test, TextOp};
@@ -1122,7 +1123,14 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 4000, ..ProptestConfig::default() })]
+    // Failures are kept in engine/proptest-regressions/ (checked in) and replayed
+    // first on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 4000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/oracle.txt"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn oracle_incremental_membership_equals_from_scratch(steps in prop::collection::vec(arb_step(), 1..80)) {

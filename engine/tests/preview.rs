@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Map, Value as Json, json};
 use xeno_engine::model::{AttrType, Event};
 use xeno_engine::rule::{CompareOp, Condition, Rule, Scalar, Test, TextOp};
@@ -230,7 +231,11 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/preview.txt"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn preview_equals_row_by_row_evaluation(rule in arb_rule(), sample in 0usize..40) {
