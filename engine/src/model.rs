@@ -319,10 +319,7 @@ impl Event {
             timestamp,
             kind: EventKind::Track {
                 event: event.into(),
-                properties: match properties {
-                    Json::Object(map) => map,
-                    _ => Map::new(),
-                },
+                properties: into_object(properties),
             },
         }
     }
@@ -340,12 +337,17 @@ impl Event {
             anonymous_id: None,
             timestamp,
             kind: EventKind::Identify {
-                traits: match traits {
-                    Json::Object(map) => map,
-                    _ => Map::new(),
-                },
+                traits: into_object(traits),
             },
         }
+    }
+}
+
+/// The map of a JSON object; anything else is an empty map.
+fn into_object(value: Json) -> Map<String, Json> {
+    match value {
+        Json::Object(map) => map,
+        _ => Map::new(),
     }
 }
 

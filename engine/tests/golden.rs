@@ -325,3 +325,101 @@ fn validation_errors_are_specific() {
         assert!(!accepted, "{bad} was accepted");
     }
 }
+
+/// A computed trait declared after the events arrived is filled from history
+/// and then equals the same trait declared before them.
+#[test]
+fn traits_declared_late_are_filled_from_history() {
+    use xeno_engine::traits::{Aggregate, ComputedTraitDef};
+    let def = ComputedTraitDef {
+        name: "eur_orders".into(),
+        event: Some("Order Completed".into()),
+        aggregate: Aggregate::Count,
+        of: Vec::new(),
+        filter: Some(dsl::parse("currency = \"EUR\" or total exists").unwrap()),
+        window: None,
+        value_type: None,
+    };
+    let events = history();
+    let mut early = Shard::new(Default::default());
+    early.declare_trait(def.clone(), &Vec::new()).unwrap();
+    let mut deltas = Vec::new();
+    for e in &events {
+        early.apply(e, Timestamp(T0), &mut deltas).unwrap();
+    }
+    let (mut late, events) = shard_with_history(T0);
+    late.declare_trait(def, &events).unwrap();
+    let value = |s: &Shard| {
+        s.customer("ada")
+            .unwrap()
+            .computed
+            .into_iter()
+            .find(|(name, _)| name == "eur_orders")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(
+        value(&late),
+        Some(xeno_engine::model::AttrValue::Number(2.0))
+    );
+    assert_eq!(value(&late), value(&early));
+    // Its name is taken now, by traits and attributes alike.
+    let again = ComputedTraitDef {
+        name: "city".into(),
+        event: None,
+        aggregate: Aggregate::Count,
+        of: Vec::new(),
+        filter: None,
+        window: None,
+        value_type: None,
+    };
+    assert!(late.declare_trait(again, &events).is_err());
+}
+
+/// Include/exclude across segments, as campaigns will target audiences.
+#[test]
+fn audiences_combine_segments() {
+    let (mut shard, events) = shard_with_history(T0);
+    for (who, city) in [("bob", "Delhi"), ("cy", "Pune"), ("di", "Mumbai")] {
+        let e = Event::identify(
+            format!("x-{who}"),
+            who,
+            Timestamp(T0),
+            json!({"city": city}),
+        );
+        shard.apply(&e, Timestamp(T0), &mut Vec::new()).unwrap();
+    }
+    let mut deltas = Vec::new();
+    for (id, text) in [
+        (1, "city = \"Pune\""),
+        (2, "city = \"Delhi\""),
+        (3, "order_count > 0"),
+    ] {
+        shard
+            .add_segment(
+                SegmentId(id),
+                dsl::parse(text).unwrap(),
+                &events,
+                &mut deltas,
+            )
+            .unwrap();
+    }
+    let names = |bitmap: roaring::RoaringBitmap| {
+        let mut v: Vec<String> = bitmap
+            .iter()
+            .map(|row| shard.customer_id(row).unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let any = shard
+        .audience(&[SegmentId(1), SegmentId(2)], &[], &[])
+        .unwrap();
+    assert_eq!(names(any), ["ada", "bob", "cy"]);
+    let pune_buyers = shard
+        .audience(&[SegmentId(1)], &[SegmentId(3)], &[])
+        .unwrap();
+    assert_eq!(names(pune_buyers), ["ada"]);
+    let all_but_buyers = shard.audience(&[], &[], &[SegmentId(3)]).unwrap();
+    assert_eq!(names(all_but_buyers), ["bob", "cy", "di"]);
+    assert!(shard.audience(&[SegmentId(99)], &[], &[]).is_err());
+}

@@ -225,35 +225,9 @@ fn with_path<T>(
 
 impl Compiler<'_> {
     fn rule(&mut self, rule: &Rule, path: &mut String, depth: usize) -> Result<Node, RuleError> {
-        self.nodes += 1;
-        if self.nodes > MAX_RULE_NODES {
-            return Err(err(
-                path,
-                None,
-                format!("the rule has more than {MAX_RULE_NODES} nodes"),
-            ));
-        }
-        if depth > MAX_RULE_DEPTH {
-            return Err(err(
-                path,
-                None,
-                format!("the rule is nested deeper than {MAX_RULE_DEPTH} levels"),
-            ));
-        }
+        let kind = enter(rule, path, depth, &mut self.nodes)?;
         match rule {
             Rule::And(children) | Rule::Or(children) => {
-                let kind = if matches!(rule, Rule::And(_)) {
-                    "and"
-                } else {
-                    "or"
-                };
-                if children.is_empty() {
-                    return Err(err(
-                        path,
-                        None,
-                        format!("`{kind}` needs at least one condition"),
-                    ));
-                }
                 let nodes = with_path(path, kind, |path| {
                     children
                         .iter()
@@ -645,12 +619,15 @@ fn check_test_limits(path: &str, field: &str, test: &Test) -> Result<(), RuleErr
     }
 }
 
-fn check_filter(
+/// What every node of a rule is checked for, whatever it holds: the node
+/// budget, the depth limit, and for `and`/`or` at least one child. Returns the
+/// node's keyword for `and`/`or` (their path segment), else "".
+fn enter(
     rule: &Rule,
-    path: &mut String,
+    path: &str,
     depth: usize,
     nodes: &mut usize,
-) -> Result<(), RuleError> {
+) -> Result<&'static str, RuleError> {
     *nodes += 1;
     if *nodes > MAX_RULE_NODES {
         return Err(err(
@@ -666,20 +643,30 @@ fn check_filter(
             format!("the rule is nested deeper than {MAX_RULE_DEPTH} levels"),
         ));
     }
+    let (kind, children) = match rule {
+        Rule::And(children) => ("and", children),
+        Rule::Or(children) => ("or", children),
+        _ => return Ok(""),
+    };
+    if children.is_empty() {
+        return Err(err(
+            path,
+            None,
+            format!("`{kind}` needs at least one condition"),
+        ));
+    }
+    Ok(kind)
+}
+
+fn check_filter(
+    rule: &Rule,
+    path: &mut String,
+    depth: usize,
+    nodes: &mut usize,
+) -> Result<(), RuleError> {
+    let kind = enter(rule, path, depth, nodes)?;
     match rule {
         Rule::And(children) | Rule::Or(children) => {
-            let kind = if matches!(rule, Rule::And(_)) {
-                "and"
-            } else {
-                "or"
-            };
-            if children.is_empty() {
-                return Err(err(
-                    path,
-                    None,
-                    format!("`{kind}` needs at least one condition"),
-                ));
-            }
             for (i, child) in children.iter().enumerate() {
                 with_path(path, &format!("{kind}/{i}"), |p| {
                     check_filter(child, p, depth + 1, nodes)
