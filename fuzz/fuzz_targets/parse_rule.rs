@@ -3,6 +3,7 @@
 //! accepts must print to text that parses back to the same rule.
 //!
 //! Run from this folder: `cargo +nightly fuzz run parse_rule -- -dict=parse_rule.dict`
+//! (on stable: `RUSTC_BOOTSTRAP=1 cargo fuzz run parse_rule -- -dict=parse_rule.dict`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
