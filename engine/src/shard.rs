@@ -1169,7 +1169,15 @@ impl Shard {
         }
         let (compiled, counter_ids) = self.compile_linked(&rule, history)?;
         let (members, deadlines, empty_member) = self.evaluate_all(&compiled);
-        let slot = self.segments.slots.len() as u32;
+        // Reuse a removed segment's slot: its membership bits were cleared on
+        // removal, and a deadline it left behind only causes one harmless
+        // re-evaluation of the new segment.
+        let slot = self
+            .segments
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.segments.slots.len()) as u32;
         self.segments.ensure_slot(slot);
         for row in &members {
             self.segments.set_member(slot, row, true);
@@ -1188,15 +1196,20 @@ impl Shard {
         if empty_member {
             self.segments.empty_members.push(slot);
         }
-        self.segments.slots.push(Some(SegmentSlot {
+        let entry = Some(SegmentSlot {
             id,
             rule,
             compiled,
             counter_ids,
             members,
             version: 1,
-        }));
-        self.segments.marks.push(0);
+        });
+        if (slot as usize) < self.segments.slots.len() {
+            self.segments.slots[slot as usize] = entry;
+        } else {
+            self.segments.slots.push(entry);
+            self.segments.marks.push(0);
+        }
         self.segments.by_id.insert(id, slot);
         Ok(())
     }
