@@ -119,12 +119,26 @@ impl Wheel {
         }
     }
 
-    /// The start of the first tick that has entries (a lower bound on the next
-    /// deadline).
-    pub fn first_tick(&self) -> Option<Timestamp> {
-        self.buckets
-            .first_key_value()
-            .map(|(tick, _)| Timestamp(tick * self.tick))
+    /// The earliest pending deadline, given the owner's view of each key's
+    /// current deadline: exact when the earliest live entry's deadline lies
+    /// within its own tick, otherwise capped at the start of the next tick that
+    /// holds entries (a lower bound, since every entry filed there has a deadline
+    /// at or after that start). Buckets holding only stale entries are passed.
+    pub fn next_due(&self, current: impl Fn(DeadlineKey) -> Option<i64>) -> Option<Timestamp> {
+        let mut buckets = self.buckets.iter().peekable();
+        while let Some((_, entries)) = buckets.next() {
+            let best = entries
+                .iter()
+                .filter_map(|(at, key)| current(*key).filter(|c| *c >= *at))
+                .min();
+            if let Some(best) = best {
+                let cap = buckets
+                    .peek()
+                    .map_or(i64::MAX, |(tick, _)| tick.saturating_mul(self.tick));
+                return Some(Timestamp(best.min(cap)));
+            }
+        }
+        None
     }
 
     pub fn entries(&self) -> usize {
@@ -201,18 +215,9 @@ impl DeadlineIndex {
         );
     }
 
-    /// The earliest pending deadline, or a lower bound on it.
+    /// The earliest pending deadline (see [`Wheel::next_due`]).
     pub fn next_due(&self) -> Option<Timestamp> {
-        let first = self.wheel.buckets.first_key_value()?;
-        Some(
-            first
-                .1
-                .iter()
-                .filter_map(|(at, key)| self.current.get(key).filter(|c| **c >= *at))
-                .min()
-                .map(|c| Timestamp(*c))
-                .unwrap_or(Timestamp(first.0 * self.wheel.tick)),
-        )
+        self.wheel.next_due(|key| self.current.get(&key).copied())
     }
 
     pub fn len(&self) -> usize {
@@ -285,5 +290,30 @@ mod tests {
         due.clear();
         index.pop_due(Timestamp(100_000), &mut due);
         assert!(due.is_empty(), "fires once");
+    }
+
+    #[test]
+    fn next_due_sees_past_a_receded_entry_in_an_earlier_tick() {
+        let mut index = DeadlineIndex::new(1000);
+        let a = DeadlineKey::new(1, 1);
+        let b = DeadlineKey::new(1, 2);
+        index.schedule(a, Timestamp(1_000));
+        index.schedule(a, Timestamp(4_000)); // receded: still filed at tick 1
+        index.schedule(b, Timestamp(3_500));
+        assert_eq!(
+            index.next_due(),
+            Some(Timestamp(3_000)),
+            "capped at b's tick"
+        );
+        let mut due = Vec::new();
+        index.pop_due(Timestamp(1_500), &mut due);
+        assert!(due.is_empty());
+        assert_eq!(index.next_due(), Some(Timestamp(3_500)));
+        // An entry re-filed in the current tick reports its real deadline, never
+        // one already past (a runtime sleeping until then must not spin).
+        index.schedule(b, Timestamp::NEVER);
+        index.schedule(a, Timestamp(1_900));
+        index.pop_due(Timestamp(1_600), &mut due);
+        assert_eq!(index.next_due(), Some(Timestamp(1_900)));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! No I/O and no clock: `now` is always an argument, so every result is
 //! deterministic and testable. The only threads it starts are scoped ones inside
-//! an audience preview scan.
+//! a columnar scan (audience preview, and the backfill of a segment whose rule
+//! does not depend on time).
 //!
 //! * [`model`]: attribute types and values, the tenant schema, Segment-spec events.
 //! * [`rule`]: the rule language (AST, DSL, validation, compilation).

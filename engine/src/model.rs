@@ -169,6 +169,10 @@ pub enum SchemaError {
     },
     #[error("field name `{0}` is empty or longer than 256 bytes")]
     BadName(String),
+    #[error("`{0}` is the name of a computed trait")]
+    Reserved(String),
+    #[error("the tenant has {0} fields already")]
+    TooMany(usize),
 }
 
 impl Schema {

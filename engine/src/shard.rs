@@ -48,7 +48,7 @@ use crate::ports::{EventHistory, HistoryError};
 use crate::rule::Rule;
 use crate::rule::compile::{
     CompiledRule, CounterSpec, EvalContext, FieldRef, Resolver, RuleError, check_property_filter,
-    compile, eval_property_filter,
+    compile,
 };
 use crate::table::AttributeColumn;
 use crate::time::{Duration, HOUR, SECOND, Timestamp};
@@ -60,7 +60,7 @@ pub const MAX_FIELDS: usize = 2_000;
 pub const MAX_ID_BYTES: usize = 1_024;
 /// Deepest nesting of objects in identify traits that is flattened to dotted names.
 const MAX_TRAIT_NESTING: usize = 4;
-const NEVER_MS: i64 = i64::MAX;
+const NEVER_MS: i64 = Timestamp::NEVER.0;
 
 /// Shard settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +142,12 @@ pub enum ApplyError {
     NoIdentity,
     #[error("the customer id is longer than {MAX_ID_BYTES} bytes")]
     IdTooLong,
+    #[error("the event has no messageId")]
+    NoMessageId,
+    #[error("the messageId is longer than {MAX_ID_BYTES} bytes")]
+    MessageIdTooLong,
+    #[error("the timestamp {0} ms is outside years 0000 to 9999")]
+    TimestampOutOfRange(i64),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -168,12 +174,6 @@ pub enum TraitError {
     History(#[from] HistoryError),
 }
 
-/// Which computed traits look at events of one name.
-#[derive(Debug, Clone, Default)]
-struct Subscribers {
-    traits: Vec<u32>,
-}
-
 /// Customer state: everything rules read.
 #[derive(Debug, Clone)]
 struct State {
@@ -183,8 +183,8 @@ struct State {
     trait_by_name: FxHashMap<String, u32>,
     counters: CounterStore,
     /// Per track event name; `any_event` gets every message.
-    by_event: FxHashMap<String, Subscribers>,
-    any_event: Subscribers,
+    by_event: FxHashMap<String, Vec<u32>>,
+    any_event: Vec<u32>,
     customers: FxHashMap<Box<str>, u32>,
     external_ids: Vec<Box<str>>,
 }
@@ -576,6 +576,25 @@ impl Dedup {
     }
 }
 
+/// Replays `history` with each `messageId` once (the log may hold duplicates),
+/// handing each event with its customer's row to `visit`; events of customers
+/// the shard does not know are skipped.
+fn replay_unique(
+    history: &dyn EventHistory,
+    customers: &FxHashMap<Box<str>, u32>,
+    visit: &mut dyn FnMut(u32, &Event),
+) -> Result<(), HistoryError> {
+    let mut seen = FxHashSet::default();
+    history.replay(&mut |event: &Event| {
+        let Some(&row) = event.customer_key().and_then(|k| customers.get(k)) else {
+            return;
+        };
+        if seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
+            visit(row, event);
+        }
+    })
+}
+
 /// The result of an audience preview.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preview {
@@ -622,7 +641,7 @@ impl Shard {
                 trait_by_name: FxHashMap::default(),
                 counters: CounterStore::default(),
                 by_event: FxHashMap::default(),
-                any_event: Subscribers::default(),
+                any_event: Vec::new(),
                 customers: FxHashMap::default(),
                 external_ids: Vec::new(),
             },
@@ -665,11 +684,10 @@ impl Shard {
     /// Declares an attribute's type ahead of data.
     pub fn declare_field(&mut self, name: &str, ty: AttrType) -> Result<(), SchemaError> {
         if self.state.trait_by_name.contains_key(name) {
-            return Err(SchemaError::Conflict {
-                field: name.to_string(),
-                existing: self.state.traits[self.state.trait_by_name[name] as usize].ty,
-                requested: ty,
-            });
+            return Err(SchemaError::Reserved(name.to_string()));
+        }
+        if self.state.schema.get(name).is_none() && self.state.schema.fields().len() >= MAX_FIELDS {
+            return Err(SchemaError::TooMany(MAX_FIELDS));
         }
         self.ensure_field(name, ty, FieldOrigin::Declared)
             .map(|_| ())
@@ -740,6 +758,15 @@ impl Shard {
         if key.len() > MAX_ID_BYTES {
             return Err(ApplyError::IdTooLong);
         }
+        if event.message_id.is_empty() {
+            return Err(ApplyError::NoMessageId);
+        }
+        if event.message_id.len() > MAX_ID_BYTES {
+            return Err(ApplyError::MessageIdTooLong);
+        }
+        if !event.timestamp.is_rfc3339_range() {
+            return Err(ApplyError::TimestampOutOfRange(event.timestamp.0));
+        }
         self.advance_time(now, out);
         let now = self.now;
         if !self.dedup.first_sighting(&event.message_id) {
@@ -760,7 +787,7 @@ impl Shard {
         let properties = event.properties();
         let named = track.and_then(|name| self.state.by_event.get_mut(name).map(std::mem::take));
         let any = std::mem::take(&mut self.state.any_event);
-        for &t in named.iter().flat_map(|s| &s.traits).chain(&any.traits) {
+        for &t in named.iter().flatten().chain(&any) {
             self.fold_trait(
                 t,
                 row,
@@ -905,17 +932,8 @@ impl Shard {
         rejected: &mut Vec<Rejection>,
     ) {
         let computed = &mut self.state.traits[t as usize];
-        if !computed.def.matches_name(track) {
-            return;
-        }
-        if let Some(filter) = &computed.def.filter
-            && !eval_property_filter(filter, properties)
-        {
-            return;
-        }
-        match computed.def.input(timestamp, properties, computed.ty) {
-            Ok(Some(input)) => {
-                let (changed, next) = computed.apply(row, timestamp, input, now);
+        match computed.fold(row, timestamp, track, properties, now) {
+            Ok(Some((changed, next))) => {
                 if computed.is_windowed() {
                     self.trait_deadlines
                         .schedule(DeadlineKey::new(t, row), next);
@@ -977,13 +995,18 @@ impl Shard {
         }
     }
 
-    /// The earliest instant at which [`Self::advance_time`] may have work to do
-    /// (never later than the true next deadline; possibly earlier).
+    /// The earliest instant at which [`Self::advance_time`] has work to do: never
+    /// later than the true next deadline, and never a tick boundary already
+    /// passed while nothing is due, so a runtime can sleep until it.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        match (
-            self.trait_deadlines.next_due(),
-            self.segments.wheel.first_tick(),
-        ) {
+        let tracks = &self.segments.tracks;
+        let segments = self.segments.wheel.next_due(|key| {
+            let list = &tracks[key.row() as usize];
+            list.binary_search_by_key(&key.target(), |t| t.slot)
+                .ok()
+                .map(|i| list[i].deadline)
+        });
+        match (self.trait_deadlines.next_due(), segments) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -991,11 +1014,14 @@ impl Shard {
 
     /// Declares a computed trait and fills it from `history` (every event applied
     /// so far).
+    ///
+    /// Returns how many history events carried the aggregated property with a
+    /// value of the wrong type (they are not counted, as they would not be live).
     pub fn declare_trait(
         &mut self,
         def: ComputedTraitDef,
         history: &dyn EventHistory,
-    ) -> Result<(), TraitError> {
+    ) -> Result<usize, TraitError> {
         if self.state.trait_by_name.contains_key(&def.name)
             || self.state.schema.get(&def.name).is_some()
         {
@@ -1010,39 +1036,52 @@ impl Shard {
             .trait_by_name
             .insert(computed.def.name.clone(), t);
         match &computed.def.event {
-            Some(name) => self
-                .state
-                .by_event
-                .entry(name.clone())
-                .or_default()
-                .traits
-                .push(t),
-            None => self.state.any_event.traits.push(t),
+            Some(name) => self.state.by_event.entry(name.clone()).or_default().push(t),
+            None => self.state.any_event.push(t),
         }
         self.state.traits.push(computed);
         self.segments.by_trait.push(Vec::new());
+        // Fill it from history into a detached copy of the trait, so that a
+        // failing history leaves the shard as it was.
         let now = self.now;
-        let mut seen = FxHashSet::default();
-        let mut ignored = Vec::new();
-        history.replay(&mut |event: &Event| {
-            let Some(row) = event.customer_key().and_then(|k| self.customer_row(k)) else {
-                return;
-            };
-            if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
-                return;
-            }
-            self.segments.begin();
-            self.fold_trait(
-                t,
+        let mut filled = self.state.traits[t as usize].clone();
+        let mut deadlines = Vec::new();
+        let mut wrong_type = 0;
+        let result = replay_unique(
+            history,
+            &self.state.customers,
+            &mut |row, event| match filled.fold(
                 row,
                 event.timestamp,
                 event.track_name(),
                 event.properties(),
                 now,
-                &mut ignored,
-            );
-        })?;
-        Ok(())
+            ) {
+                Ok(Some((_, next))) if filled.is_windowed() => deadlines.push((row, next)),
+                Ok(_) => {}
+                Err(_) => wrong_type += 1,
+            },
+        );
+        if let Err(e) = result {
+            let computed = self.state.traits.pop().expect("pushed above");
+            self.segments.by_trait.pop();
+            self.state.trait_by_name.remove(&computed.def.name);
+            match &computed.def.event {
+                Some(name) => {
+                    if let Some(subs) = self.state.by_event.get_mut(name) {
+                        subs.retain(|x| *x != t);
+                    }
+                }
+                None => self.state.any_event.retain(|x| *x != t),
+            }
+            return Err(e.into());
+        }
+        self.state.traits[t as usize] = filled;
+        for (row, next) in deadlines {
+            self.trait_deadlines
+                .schedule(DeadlineKey::new(t, row), next);
+        }
+        Ok(wrong_type)
     }
 
     /// Finds or creates the counters a rule needs; new ones are filled from
@@ -1066,28 +1105,20 @@ impl Shard {
             self.segments.by_counter.resize(count, Vec::new());
         }
         if !fresh.is_empty() {
-            let mut seen = FxHashSet::default();
             let mut changed = Vec::new();
             let state = &mut self.state;
-            let result = history.replay(&mut |event: &Event| {
-                let Some(name) = event.track_name() else {
-                    return;
-                };
-                let Some(&row) = event.customer_key().and_then(|k| state.customers.get(k)) else {
-                    return;
-                };
-                if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
-                    return;
+            let result = replay_unique(history, &state.customers, &mut |row, event| {
+                if let Some(name) = event.track_name() {
+                    state.counters.record(
+                        name,
+                        row,
+                        event.timestamp,
+                        event.properties(),
+                        Some(&fresh),
+                        &mut changed,
+                    );
+                    changed.clear();
                 }
-                state.counters.record(
-                    name,
-                    row,
-                    event.timestamp,
-                    event.properties(),
-                    Some(&fresh),
-                    &mut changed,
-                );
-                changed.clear();
             });
             if let Err(e) = result {
                 self.release_counters(&ids);
@@ -1380,27 +1411,19 @@ impl Shard {
             }
         }
         if !fresh.is_empty() {
-            let mut seen = FxHashSet::default();
             let mut changed = Vec::new();
-            history.replay(&mut |event: &Event| {
-                let (Some(name), Some(row)) = (
-                    event.track_name(),
-                    event.customer_key().and_then(|k| self.customer_row(k)),
-                ) else {
-                    return;
-                };
-                if !seen.insert(xxhash_rust::xxh3::xxh3_128(event.message_id.as_bytes())) {
-                    return;
+            replay_unique(history, &self.state.customers, &mut |row, event| {
+                if let Some(name) = event.track_name() {
+                    extra.record(
+                        name,
+                        row,
+                        event.timestamp,
+                        event.properties(),
+                        None,
+                        &mut changed,
+                    );
+                    changed.clear();
                 }
-                extra.record(
-                    name,
-                    row,
-                    event.timestamp,
-                    event.properties(),
-                    None,
-                    &mut changed,
-                );
-                changed.clear();
             })?;
         }
         compiled.link(&ids);

@@ -45,8 +45,19 @@ impl Timestamp {
     pub const NEVER: Timestamp = Timestamp(i64::MAX);
     pub const MIN: Timestamp = Timestamp(i64::MIN);
 
+    /// The earliest instant RFC 3339 can write: 0000-01-01T00:00:00Z.
+    pub const FIRST_RFC3339: Timestamp = Timestamp(-62_167_219_200_000);
+    /// The last instant RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+    pub const LAST_RFC3339: Timestamp = Timestamp(253_402_300_799_999);
+
     pub fn millis(self) -> i64 {
         self.0
+    }
+
+    /// Whether the instant lies in years 0000 to 9999, the range events may carry
+    /// (far from the `i64` limits that window arithmetic must not reach).
+    pub fn is_rfc3339_range(self) -> bool {
+        (Self::FIRST_RFC3339..=Self::LAST_RFC3339).contains(&self)
     }
 
     /// `self + d`, saturating at [`Timestamp::NEVER`] so that far-future values

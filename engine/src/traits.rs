@@ -12,8 +12,9 @@
 //! one minute from ten minutes, else one second; `B` always divides `W`). An
 //! event at time `t` counts while `bucket_start(t) + W > now`, so a value changes
 //! at a bucket boundary, exactly once per bucket, and the deadline index refreshes
-//! it then. This bounds state to `W / B` buckets per customer at the price of up
-//! to one bucket of extra retention; `performed ... within W` conditions, which
+//! it then. This bounds state to `W / B` buckets per customer at the price of a
+//! window up to one bucket shorter than exact (an event stops counting at
+//! `bucket_start(t) + W`, not `t + W`); `performed ... within W` conditions, which
 //! need exact boundaries, keep exact timestamps instead (see [`crate::counters`]).
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -22,6 +23,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::model::{AttrType, AttrValue, lookup_path};
 use crate::rule::Rule;
+use crate::rule::compile::eval_property_filter;
 use crate::table::Column;
 use crate::time::{DAY, Duration, HOUR, MINUTE, SECOND, Timestamp};
 
@@ -132,6 +134,22 @@ impl ComputedTraitDef {
         let bad = |why: &str| Err(TraitDefError::Invalid(self.name.clone(), why.to_string()));
         if self.name.is_empty() || self.name.len() > 256 {
             return bad("the name must be 1 to 256 bytes");
+        }
+        if self
+            .event
+            .as_ref()
+            .is_some_and(|e| e.is_empty() || e.len() > 1024)
+        {
+            return bad("the event name must be 1 to 1024 bytes");
+        }
+        if self.of.len() > 8 || self.of.iter().any(|p| p.is_empty() || p.len() > 256) {
+            return bad("`of` takes at most 8 property paths of 1 to 256 bytes");
+        }
+        if self
+            .window
+            .is_some_and(|w| w.millis() <= 0 || w.millis() > crate::time::MAX_DURATION)
+        {
+            return bad("the window must be positive and at most 100 years");
         }
         let on_time = self.of.is_empty();
         match self.aggregate {
@@ -244,11 +262,49 @@ fn bucket_start(t: i64, bucket: i64) -> i64 {
     t.div_euclid(bucket) * bucket
 }
 
+/// A sum that does not depend on the order of its terms for the values people
+/// sum (amounts with up to six decimals): those are added exactly as integer
+/// millionths; anything else (more decimals, beyond ±9.2 trillion) goes to a
+/// float remainder, which is order-sensitive in its last bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ExactSum {
+    micros: i64,
+    rest: f64,
+}
+
+impl ExactSum {
+    const SCALE: f64 = 1e6;
+
+    pub(crate) fn add(&mut self, x: f64) {
+        let m = (x * Self::SCALE).round();
+        if m.abs() < 9.0e18
+            && m / Self::SCALE == x
+            && let Some(total) = self.micros.checked_add(m as i64)
+        {
+            self.micros = total;
+            return;
+        }
+        self.rest += x;
+    }
+
+    pub(crate) fn value(&self) -> f64 {
+        self.micros as f64 / Self::SCALE + self.rest
+    }
+
+    fn merge(&mut self, other: &ExactSum) {
+        match self.micros.checked_add(other.micros) {
+            Some(total) => self.micros = total,
+            None => self.rest += other.micros as f64 / Self::SCALE,
+        }
+        self.rest += other.rest;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     start: i64,
     count: u32,
-    sum: f64,
+    sum: ExactSum,
     min: f64,
     max: f64,
 }
@@ -256,10 +312,13 @@ struct Bucket {
 /// Per-customer state of one computed trait, beside its value column.
 #[derive(Debug, Clone)]
 enum TraitState {
-    /// Count, sum, min, max: the value column is the whole state.
+    /// Count, min, max: the value column is the whole state.
     InColumn,
+    Sum {
+        sums: Vec<ExactSum>,
+    },
     Avg {
-        sum: Vec<f64>,
+        sums: Vec<ExactSum>,
         count: Vec<u32>,
     },
     /// First/last: the winning event's timestamp per row.
@@ -303,9 +362,10 @@ impl ComputedTrait {
                 buckets: FxHashMap::default(),
             },
             (Aggregate::Avg, None) => TraitState::Avg {
-                sum: Vec::new(),
+                sums: Vec::new(),
                 count: Vec::new(),
             },
+            (Aggregate::Sum, None) => TraitState::Sum { sums: Vec::new() },
             (Aggregate::First | Aggregate::Last, None) => TraitState::Chosen { at: Vec::new() },
             (Aggregate::DistinctCount, None) => TraitState::Distinct {
                 sets: FxHashMap::default(),
@@ -331,13 +391,40 @@ impl ComputedTrait {
     pub fn resize(&mut self, rows: usize) {
         self.values.resize(rows, self.default.as_ref());
         match &mut self.state {
-            TraitState::Avg { sum, count } => {
-                sum.resize(rows, 0.0);
+            TraitState::Sum { sums } => sums.resize(rows, ExactSum::default()),
+            TraitState::Avg { sums, count } => {
+                sums.resize(rows, ExactSum::default());
                 count.resize(rows, 0);
             }
             TraitState::Chosen { at } => at.resize(rows, i64::MIN),
             _ => {}
         }
+    }
+
+    /// Folds one event in if it concerns this trait. `Ok(None)` when it does not
+    /// (another event name, the `where` filter fails, the property is absent);
+    /// `Ok(Some((changed, next)))` as [`Self::apply`]; `Err` for a property
+    /// value of the wrong type, which is not counted.
+    pub(crate) fn fold(
+        &mut self,
+        row: u32,
+        timestamp: Timestamp,
+        track: Option<&str>,
+        properties: Option<&Map<String, Json>>,
+        now: Timestamp,
+    ) -> Result<Option<(bool, Timestamp)>, String> {
+        if !self.def.matches_name(track) {
+            return Ok(None);
+        }
+        if let Some(filter) = &self.def.filter
+            && !eval_property_filter(filter, properties)
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .def
+            .input(timestamp, properties, self.ty)?
+            .map(|input| self.apply(row, timestamp, input, now)))
     }
 
     /// Folds one event into row `row`. Returns whether the value changed and, for
@@ -357,15 +444,6 @@ impl ComputedTrait {
                     (Column::Number(v), Aggregate::Count, _) => {
                         v.set(r, v.get(r) + 1.0);
                         true
-                    }
-                    (
-                        Column::Number(v),
-                        Aggregate::Sum,
-                        TraitInput::Value(AttrValue::Number(x)),
-                    ) => {
-                        let before = v.get(r);
-                        v.set(r, before + x);
-                        v.get(r) != before
                     }
                     (Column::Number(v), agg, TraitInput::Value(AttrValue::Number(x))) => {
                         let mut slot = v.get(r);
@@ -387,13 +465,21 @@ impl ComputedTrait {
                 };
                 (changed, Timestamp::NEVER)
             }
-            TraitState::Avg { sum, count } => {
+            TraitState::Sum { sums } => {
                 let TraitInput::Value(AttrValue::Number(x)) = input else {
                     return (false, Timestamp::NEVER);
                 };
-                sum[r] += x;
+                sums[r].add(x);
+                let total = sums[r].value();
+                (set_number(&mut self.values, r, total), Timestamp::NEVER)
+            }
+            TraitState::Avg { sums, count } => {
+                let TraitInput::Value(AttrValue::Number(x)) = input else {
+                    return (false, Timestamp::NEVER);
+                };
+                sums[r].add(x);
                 count[r] += 1;
-                let avg = sum[r] / count[r] as f64;
+                let avg = sums[r].value() / count[r] as f64;
                 (set_number(&mut self.values, r, avg), Timestamp::NEVER)
             }
             TraitState::Chosen { at } => {
@@ -451,7 +537,7 @@ impl ComputedTrait {
                     Ok(i) => {
                         let b = &mut list[i];
                         b.count += 1;
-                        b.sum += x;
+                        b.sum.add(x);
                         b.min = b.min.min(x);
                         b.max = b.max.max(x);
                     }
@@ -460,7 +546,11 @@ impl ComputedTrait {
                         Bucket {
                             start,
                             count: 1,
-                            sum: x,
+                            sum: {
+                                let mut sum = ExactSum::default();
+                                sum.add(x);
+                                sum
+                            },
                             min: x,
                             max: x,
                         },
@@ -507,7 +597,13 @@ impl ComputedTrait {
                     self.default.clone()
                 } else {
                     let count: u32 = list.iter().map(|b| b.count).sum();
-                    let sum: f64 = list.iter().map(|b| b.sum).sum();
+                    let sum = list
+                        .iter()
+                        .fold(ExactSum::default(), |mut total, b| {
+                            total.merge(&b.sum);
+                            total
+                        })
+                        .value();
                     let min = list.iter().map(|b| b.min).fold(f64::INFINITY, f64::min);
                     let max = list.iter().map(|b| b.max).fold(f64::NEG_INFINITY, f64::max);
                     let as_value = |x: f64| match self.ty {
@@ -551,7 +647,8 @@ impl ComputedTrait {
         self.values.heap_bytes()
             + match &self.state {
                 TraitState::InColumn => 0,
-                TraitState::Avg { sum, count } => sum.capacity() * 8 + count.capacity() * 4,
+                TraitState::Sum { sums } => sums.capacity() * 16,
+                TraitState::Avg { sums, count } => sums.capacity() * 16 + count.capacity() * 4,
                 TraitState::Chosen { at } => at.capacity() * 8,
                 TraitState::Distinct { sets } => {
                     sets.capacity() * 40 + sets.values().map(|s| s.capacity() * 9).sum::<usize>()
@@ -635,5 +732,22 @@ mod tests {
         let (_, next) = t.refresh(0, day(10));
         assert_eq!(next, Timestamp::NEVER);
         assert_eq!(t.values.get(0), Some(AttrValue::Number(0.0)));
+    }
+
+    #[test]
+    fn sums_of_decimals_do_not_depend_on_order() {
+        let amounts = [0.1, 0.2, 0.3, 19.99, 1e-7, 5.55];
+        let mut forward = ExactSum::default();
+        let mut backward = ExactSum::default();
+        amounts.iter().for_each(|x| forward.add(*x));
+        amounts.iter().rev().for_each(|x| backward.add(*x));
+        assert_eq!(forward.value(), backward.value());
+        let mut cents = ExactSum::default();
+        [0.1, 0.2].iter().for_each(|x| cents.add(*x));
+        assert_eq!(cents.value(), 0.3, "not 0.30000000000000004");
+        let mut huge = ExactSum::default();
+        huge.add(9.0e12);
+        huge.add(9.0e12); // past i64 millionths: kept in the remainder
+        assert_eq!(huge.value(), 1.8e13);
     }
 }

@@ -423,3 +423,65 @@ fn audiences_combine_segments() {
     assert_eq!(names(all_but_buyers), ["bob", "cy", "di"]);
     assert!(shard.audience(&[SegmentId(99)], &[], &[]).is_err());
 }
+
+/// Events the engine cannot apply are refused whole, with the reason.
+#[test]
+fn unusable_events_are_refused_not_dropped() {
+    use xeno_engine::shard::ApplyError;
+    let mut shard = Shard::new(Default::default());
+    let mut deltas = Vec::new();
+    let mut no_id = Event::identify("", "ada", Timestamp(T0), json!({}));
+    assert_eq!(
+        shard.apply(&no_id, Timestamp(T0), &mut deltas),
+        Err(ApplyError::NoMessageId)
+    );
+    no_id.message_id = "m1".into();
+    no_id.user_id = None;
+    assert_eq!(
+        shard.apply(&no_id, Timestamp(T0), &mut deltas),
+        Err(ApplyError::NoIdentity)
+    );
+    let far = Event::identify("m2", "ada", Timestamp(i64::MIN + 1), json!({}));
+    assert!(matches!(
+        shard.apply(&far, Timestamp(T0), &mut deltas),
+        Err(ApplyError::TimestampOutOfRange(_))
+    ));
+    assert_eq!(shard.customer_count(), 0, "nothing was applied");
+}
+
+/// A history that cannot be read leaves the shard as it was.
+#[test]
+fn a_failing_history_changes_nothing() {
+    use xeno_engine::ports::{EventHistory, HistoryError};
+    use xeno_engine::traits::{Aggregate, ComputedTraitDef};
+    struct Broken;
+    impl EventHistory for Broken {
+        fn replay(&self, _: &mut dyn FnMut(&Event)) -> Result<(), HistoryError> {
+            Err(HistoryError("log unavailable".into()))
+        }
+    }
+    let (mut shard, _) = shard_with_history(T0);
+    let def = ComputedTraitDef {
+        name: "logins".into(),
+        event: Some("Login".into()),
+        aggregate: Aggregate::Count,
+        of: Vec::new(),
+        filter: None,
+        window: None,
+        value_type: None,
+    };
+    assert!(shard.declare_trait(def.clone(), &Broken).is_err());
+    // The name is free again and the trait works once history is readable.
+    assert_eq!(shard.declare_trait(def, &history()).unwrap(), 0);
+    let rule = dsl::parse("performed \"Login\" within 1d").unwrap();
+    assert!(
+        shard
+            .add_segment(SegmentId(1), rule.clone(), &Broken, &mut Vec::new())
+            .is_err()
+    );
+    assert!(shard.members(SegmentId(1)).is_none());
+    shard
+        .add_segment(SegmentId(1), rule, &history(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(shard.members(SegmentId(1)).unwrap().len(), 1);
+}

@@ -1072,6 +1072,12 @@ impl Harness {
 
     fn check(&self) {
         let now = self.shard.now().0;
+        if let Some(next) = self.shard.next_deadline() {
+            assert!(
+                next.0 > now,
+                "next_deadline {next:?} is not after now {now}"
+            );
+        }
         let mut by_customer: HashMap<&str, Vec<&Event>> = HashMap::new();
         for e in &self.applied {
             by_customer

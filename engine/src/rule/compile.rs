@@ -282,7 +282,7 @@ impl Compiler<'_> {
             return Err(err(
                 path,
                 Some(&p.event),
-                "a count within a window can be at most 999",
+                "a count within a window is limited to 1000 events (at_least 1000, at_most or exactly 999)",
             ));
         }
         let slot = self.counters.len() as u32;
@@ -743,7 +743,7 @@ impl CompiledRule {
     }
 }
 
-const NEVER: i64 = i64::MAX;
+const NEVER: i64 = Timestamp::NEVER.0;
 
 /// Evaluates one node for one row (the preview's fallback for nodes it has no
 /// columnar loop for).
