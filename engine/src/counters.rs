@@ -55,6 +55,8 @@ pub struct CounterStore {
     by_key: FxHashMap<String, u32>,
     groups: Vec<Group>,
     group_by_event: FxHashMap<String, u32>,
+    /// Ids of freed counters, handed out again before new ones.
+    free_ids: Vec<u32>,
 }
 
 impl CounterStore {
@@ -63,7 +65,7 @@ impl CounterStore {
         self.by_key.get(&spec.key()).copied()
     }
 
-    /// Number of ids handed out so far (live or dead).
+    /// One more than the largest id handed out (ids of freed counters are reused).
     pub fn id_count(&self) -> usize {
         self.metas.len()
     }
@@ -89,7 +91,7 @@ impl CounterStore {
                 g
             }
         };
-        let id = self.metas.len() as u32;
+        let id = self.free_ids.pop().unwrap_or(self.metas.len() as u32);
         let group = &mut self.groups[group_id as usize];
         let position = match group.counters.iter().position(|c| *c == DEAD) {
             Some(p) => {
@@ -107,12 +109,16 @@ impl CounterStore {
                 group.counters.len() - 1
             }
         };
-        self.metas.push(Meta {
+        let meta = Meta {
             spec: spec.clone(),
             group: group_id,
             position: position as u32,
             users: 1,
-        });
+        };
+        match self.metas.get_mut(id as usize) {
+            Some(slot) => *slot = meta,
+            None => self.metas.push(meta),
+        }
         self.by_key.insert(key, id);
         (id, true)
     }
@@ -126,6 +132,7 @@ impl CounterStore {
             let key = meta.spec.key();
             self.by_key.remove(&key);
             self.groups[meta.group as usize].counters[meta.position as usize] = DEAD;
+            self.free_ids.push(id);
         }
     }
 
