@@ -596,14 +596,7 @@ mod tests {
     use super::*;
     use crate::rule::compile::number_test;
 
-    const OPS: [CompareOp; 6] = [
-        CompareOp::Eq,
-        CompareOp::Ne,
-        CompareOp::Lt,
-        CompareOp::Le,
-        CompareOp::Gt,
-        CompareOp::Ge,
-    ];
+    const OPS: [CompareOp; 6] = CompareOp::ALL;
 
     /// A threshold, relative to the code at the centre of the tested codes so
     /// that it lands on, between and just beside the values they decode to.

@@ -566,14 +566,7 @@ fn cond(field: &str, test: Test) -> Rule {
 
 fn arb_leaf() -> impl Strategy<Value = Rule> {
     let plan = prop::sample::select(PLANS.to_vec()).prop_map(|s| Scalar::String(s.to_string()));
-    let op = prop::sample::select(vec![
-        CompareOp::Eq,
-        CompareOp::Ne,
-        CompareOp::Lt,
-        CompareOp::Le,
-        CompareOp::Gt,
-        CompareOp::Ge,
-    ]);
+    let op = prop::sample::select(CompareOp::ALL.to_vec());
     let number_field = prop::sample::select(vec![
         "age",
         "total_spend",

@@ -98,14 +98,7 @@ fn cond(field: &str, test: Test) -> Rule {
 }
 
 fn arb_leaf() -> impl Strategy<Value = Rule> {
-    let op = prop::sample::select(vec![
-        CompareOp::Eq,
-        CompareOp::Ne,
-        CompareOp::Lt,
-        CompareOp::Le,
-        CompareOp::Gt,
-        CompareOp::Ge,
-    ]);
+    let op = prop::sample::select(CompareOp::ALL.to_vec());
     let city = prop::sample::select(CITIES.to_vec()).prop_map(|c| Scalar::String(c.into()));
     prop_oneof![
         (

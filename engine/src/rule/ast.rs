@@ -484,6 +484,16 @@ mod wire {
 }
 
 impl CompareOp {
+    /// Every comparison operator.
+    pub const ALL: [CompareOp; 6] = [
+        CompareOp::Eq,
+        CompareOp::Ne,
+        CompareOp::Lt,
+        CompareOp::Le,
+        CompareOp::Gt,
+        CompareOp::Ge,
+    ];
+
     pub fn symbol(self) -> &'static str {
         match self {
             CompareOp::Eq => "=",

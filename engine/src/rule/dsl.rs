@@ -1963,14 +1963,7 @@ mod tests {
     }
 
     fn arb_compare_op() -> impl Strategy<Value = CompareOp> {
-        prop::sample::select(vec![
-            CompareOp::Eq,
-            CompareOp::Ne,
-            CompareOp::Lt,
-            CompareOp::Le,
-            CompareOp::Gt,
-            CompareOp::Ge,
-        ])
+        prop::sample::select(CompareOp::ALL.to_vec())
     }
 
     fn arb_test() -> impl Strategy<Value = Test> {
