@@ -81,6 +81,29 @@ impl Default for ShardConfig {
     }
 }
 
+/// A shard setting out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardConfigError {
+    #[error("tick must be between 1 ms and 1 s, got {0} ms")]
+    Tick(i64),
+    #[error("dedup_window must be positive, got {0} ms")]
+    DedupWindow(i64),
+}
+
+impl ShardConfig {
+    /// Checks every setting is in range. [`Shard::new`] clamps what is not, so a
+    /// configuration layer should call this first and refuse bad values.
+    pub fn validate(&self) -> Result<(), ShardConfigError> {
+        if !(1..=SECOND).contains(&self.tick.millis()) {
+            return Err(ShardConfigError::Tick(self.tick.millis()));
+        }
+        if self.dedup_window.millis() <= 0 {
+            return Err(ShardConfigError::DedupWindow(self.dedup_window.millis()));
+        }
+        Ok(())
+    }
+}
+
 /// A segment's identity, chosen by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SegmentId(pub u64);
@@ -629,7 +652,8 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard with the built-in computed traits and no customers.
+    /// A shard with the built-in computed traits and no customers. Settings out
+    /// of range are clamped (see [`ShardConfig::validate`]).
     pub fn new(config: ShardConfig) -> Shard {
         let mut shard = Shard {
             config,

@@ -485,3 +485,20 @@ fn a_failing_history_changes_nothing() {
         .unwrap();
     assert_eq!(shard.members(SegmentId(1)).unwrap().len(), 1);
 }
+
+#[test]
+fn shard_settings_are_validated() {
+    use xeno_engine::shard::{ShardConfig, ShardConfigError};
+    use xeno_engine::time::Duration;
+    assert_eq!(ShardConfig::default().validate(), Ok(()));
+    let bad_tick = ShardConfig {
+        tick: Duration(2_000),
+        ..ShardConfig::default()
+    };
+    assert_eq!(bad_tick.validate(), Err(ShardConfigError::Tick(2_000)));
+    let bad_window = ShardConfig {
+        dedup_window: Duration(0),
+        ..ShardConfig::default()
+    };
+    assert_eq!(bad_window.validate(), Err(ShardConfigError::DedupWindow(0)));
+}
