@@ -16,6 +16,7 @@
 //! a freed position is reused by the next counter of the group.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 use smallvec::SmallVec;
 
@@ -23,14 +24,14 @@ use crate::rule::compile::{CounterSpec, eval_property_filter};
 use crate::time::Timestamp;
 
 /// One customer's state for one counter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Cell {
     count: u32,
     /// Most recent first, at most `keep` entries.
     recent: SmallVec<[i64; 3]>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     spec: CounterSpec,
     group: u32,
@@ -39,7 +40,7 @@ struct Meta {
     users: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Group {
     /// Counter id at each cell position; `DEAD` where the position is free.
     counters: Vec<u32>,
@@ -49,7 +50,7 @@ struct Group {
 const DEAD: u32 = u32::MAX;
 
 /// Every counter of a tenant shard.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CounterStore {
     metas: Vec<Meta>,
     by_key: FxHashMap<String, u32>,

@@ -22,11 +22,12 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
 
 /// Packs a target and a customer row into one key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeadlineKey(pub u64);
 
 impl DeadlineKey {
@@ -66,7 +67,7 @@ pub fn judge(current: Option<i64>, at: i64, now: i64) -> Verdict {
 /// The wheel alone: entries filed by tick. Whoever owns the current deadlines
 /// (a map, or per-customer records) decides about each popped entry, so the
 /// wheel never needs a lookup structure of its own.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Wheel {
     tick: i64,
     buckets: BTreeMap<i64, Vec<(i64, DeadlineKey)>>,
@@ -155,7 +156,7 @@ impl Wheel {
 
 /// A wheel plus a map of current deadlines: for targets without a per-customer
 /// record of their own (windowed computed traits).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadlineIndex {
     wheel: Wheel,
     current: FxHashMap<DeadlineKey, i64>,

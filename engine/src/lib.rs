@@ -15,6 +15,7 @@
 
 pub mod counters;
 pub mod deadline;
+mod json_text;
 pub mod model;
 pub mod ports;
 pub mod preview;

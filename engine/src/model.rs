@@ -33,7 +33,7 @@ impl fmt::Display for AttrType {
 }
 
 /// A typed value of an attribute or computed trait.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
     String(String),
     Number(f64),
@@ -131,7 +131,7 @@ fn looks_like_rfc3339(s: &str) -> bool {
 }
 
 /// Identifies an attribute within one tenant's schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttrId(pub u32);
 
 /// How a field entered the schema.
@@ -151,7 +151,7 @@ pub struct FieldDef {
 
 /// A tenant's attribute schema: every customer attribute has one type, declared up
 /// front or inferred from the first value seen.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Schema {
     fields: Vec<FieldDef>,
     by_name: FxHashMap<String, AttrId>,

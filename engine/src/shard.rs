@@ -63,7 +63,7 @@ const MAX_TRAIT_NESTING: usize = 4;
 const NEVER_MS: i64 = Timestamp::NEVER.0;
 
 /// Shard settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardConfig {
     /// Granularity of the deadline wheel, at most one second.
     pub tick: Duration,
@@ -198,7 +198,7 @@ pub enum TraitError {
 }
 
 /// Customer state: everything rules read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct State {
     schema: Schema,
     attrs: Vec<AttributeColumn>,
@@ -238,10 +238,13 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SegmentSlot {
     id: SegmentId,
+    #[serde(with = "crate::json_text")]
     rule: Rule,
+    /// Rebuilt from `rule` on restore (see [`Shard::restore`]).
+    #[serde(skip)]
     compiled: CompiledRule,
     counter_ids: Vec<u32>,
     members: roaring::RoaringBitmap,
@@ -249,7 +252,7 @@ struct SegmentSlot {
 }
 
 /// A pending deadline of one (segment, customer) pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Track {
     slot: u32,
     /// When the answer may change with no event.
@@ -257,7 +260,7 @@ struct Track {
 }
 
 /// Segments and the dependency index.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Segments {
     slots: Vec<Option<SegmentSlot>>,
     by_id: FxHashMap<SegmentId, u32>,
@@ -575,7 +578,7 @@ impl Segments {
 }
 
 /// Remembers `messageId`s for at least the dedup window (two rotating sets).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Dedup {
     window: i64,
     current: FxHashSet<u128>,
@@ -637,7 +640,7 @@ pub struct CustomerView {
 }
 
 /// One tenant shard. See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Shard {
     config: ShardConfig,
     now: Timestamp,
@@ -647,9 +650,25 @@ pub struct Shard {
     /// `Segments::tracks`).
     trait_deadlines: DeadlineIndex,
     dedup: Dedup,
+    #[serde(skip)]
     due: Vec<(DeadlineKey, Timestamp)>,
+    #[serde(skip)]
     changed_counters: Vec<u32>,
 }
+
+/// A snapshot could not be made or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the snapshot is not readable: {0}")]
+    Corrupt(String),
+    #[error("the snapshot is of format {found}, this build reads {expected}")]
+    Version { found: u32, expected: u32 },
+    #[error("segment {0:?} of the snapshot no longer compiles: {1}")]
+    Segment(SegmentId, RuleError),
+}
+
+/// Bumped whenever the snapshot layout changes.
+const SNAPSHOT_FORMAT: u32 = 1;
 
 impl Shard {
     /// A shard with the built-in computed traits and no customers. Settings out
@@ -1535,6 +1554,47 @@ impl Shard {
             + member_index
             + dedup
             + self.trait_deadlines.heap_bytes()
+    }
+
+    /// The whole shard as bytes: customer state, segments and memberships,
+    /// pending deadlines and remembered message ids. With the log offset it
+    /// was taken at, it is a recovery point: restore it, then replay the log
+    /// from that offset (message-id dedup absorbs any overlap).
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut bytes = SNAPSHOT_FORMAT.to_be_bytes().to_vec();
+        postcard::to_io(self, &mut bytes).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// A shard from [`Self::snapshot`]'s bytes; compiled rules are rebuilt.
+    pub fn restore(bytes: &[u8]) -> Result<Shard, SnapshotError> {
+        let (format, body) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| SnapshotError::Corrupt("shorter than its header".into()))?;
+        let found = u32::from_be_bytes(*format);
+        if found != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Version {
+                found,
+                expected: SNAPSHOT_FORMAT,
+            });
+        }
+        let mut shard: Shard =
+            postcard::from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        for slot in shard.segments.slots.iter_mut().flatten() {
+            let mut compiled = compile(&slot.rule, &shard.state)
+                .map_err(|e| SnapshotError::Segment(slot.id, e))?;
+            if compiled.counters.len() != slot.counter_ids.len() {
+                return Err(SnapshotError::Corrupt(format!(
+                    "segment {:?} lists {} counters, its rule needs {}",
+                    slot.id,
+                    slot.counter_ids.len(),
+                    compiled.counters.len()
+                )));
+            }
+            compiled.link(&slot.counter_ids);
+            slot.compiled = compiled;
+        }
+        Ok(shard)
     }
 
     /// Forgets every message id remembered for deduplication (benchmarks that

@@ -16,6 +16,7 @@
 //! constants into the narrow domain instead (see `preview`).
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{AttrType, AttrValue};
 use crate::time::Timestamp;
@@ -25,10 +26,28 @@ pub const MISSING_TIME: i64 = i64::MIN;
 pub const MISSING_BOOL: u8 = 2;
 
 /// Interned strings of one column. Codes are stable: the dictionary only grows.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(from = "Vec<Box<str>>", into = "Vec<Box<str>>")]
 pub struct Dictionary {
     strings: Vec<Box<str>>,
     codes: FxHashMap<Box<str>, u32>,
+}
+
+impl From<Vec<Box<str>>> for Dictionary {
+    fn from(strings: Vec<Box<str>>) -> Self {
+        let codes = strings
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        Dictionary { strings, codes }
+    }
+}
+
+impl From<Dictionary> for Vec<Box<str>> {
+    fn from(dictionary: Dictionary) -> Self {
+        dictionary.strings
+    }
 }
 
 impl Dictionary {
@@ -152,7 +171,7 @@ fn encode_as<T: ScaledInt>(x: f64, scale: f64) -> Option<T> {
     encode_scaled(x, scale, T::LOW, T::HIGH).map(T::from_i64)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum NumberStorage {
     I8(Vec<i8>),
     I16(Vec<i16>),
@@ -207,7 +226,7 @@ pub enum NumberValues<'a> {
 /// ```
 ///
 /// Values are never rounded: `get` returns a value equal to the one `set`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NumberColumn {
     storage: NumberStorage,
     /// Index into [`SCALES`]; unused for `F64`.
@@ -467,7 +486,7 @@ pub enum CodeValues<'a> {
     U32(&'a [u32]),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum CodeStorage {
     U8(Vec<u8>),
     U16(Vec<u16>),
@@ -479,7 +498,7 @@ enum CodeStorage {
 /// then `u32`. The type's `MAX` is the missing value; [`CodeColumn::get`]
 /// reports it as [`MISSING_CODE`] whatever the width. Writing a code the width
 /// cannot hold re-encodes the column one size up (at most twice in its life).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CodeColumn {
     storage: CodeStorage,
 }
@@ -586,7 +605,7 @@ impl CodeColumn {
 }
 
 /// One typed column.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Column {
     Number(NumberColumn),
     Bool(Vec<u8>),
@@ -750,7 +769,7 @@ impl Column {
 /// An attribute column plus, per row, the timestamp of the write that set it, so
 /// that a late identify never overwrites a newer value (last writer by event time
 /// wins; ties broken by value so the result does not depend on arrival order).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttributeColumn {
     pub column: Column,
     pub written_at: Vec<i64>,

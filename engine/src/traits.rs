@@ -266,7 +266,7 @@ fn bucket_start(t: i64, bucket: i64) -> i64 {
 /// sum (amounts with up to six decimals): those are added exactly as integer
 /// millionths; anything else (more decimals, beyond ±9.2 trillion) goes to a
 /// float remainder, which is order-sensitive in its last bits.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ExactSum {
     micros: i64,
     rest: f64,
@@ -300,7 +300,7 @@ impl ExactSum {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Bucket {
     start: i64,
     count: u32,
@@ -310,7 +310,7 @@ struct Bucket {
 }
 
 /// Per-customer state of one computed trait, beside its value column.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum TraitState {
     /// Count, min, max: the value column is the whole state.
     InColumn,
@@ -340,8 +340,9 @@ enum TraitState {
 
 /// A computed trait of one tenant shard: its declaration, its value column (read
 /// by rules and preview like any attribute) and its state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ComputedTrait {
+    #[serde(with = "crate::json_text")]
     pub def: ComputedTraitDef,
     pub ty: AttrType,
     pub values: Column,

@@ -812,6 +812,8 @@ enum Step {
     AddSegment(Rule),
     UpdateSegment(usize, Rule),
     RemoveSegment(usize),
+    /// Snapshot the shard and continue from a restored copy, as after a restart.
+    Restart,
 }
 
 #[derive(Debug, Clone)]
@@ -885,6 +887,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         2 => arb_rule().prop_map(Step::AddSegment),
         1 => ((0usize..8), arb_rule()).prop_map(|(i, r)| Step::UpdateSegment(i, r)),
         1 => (0usize..8).prop_map(Step::RemoveSegment),
+        1 => Just(Step::Restart),
     ]
 }
 
@@ -1049,6 +1052,13 @@ impl Harness {
                     .unwrap();
                 assert!(deltas.iter().all(|d| d.cause == Cause::RuleChange));
                 self.segments.insert(id, rule.clone());
+            }
+            Step::Restart => {
+                let bytes = self.shard.snapshot().unwrap();
+                let restored = Shard::restore(&bytes).unwrap();
+                assert_eq!(restored.next_deadline(), self.shard.next_deadline());
+                assert_eq!(restored.now(), self.shard.now());
+                self.shard = restored;
             }
             Step::RemoveSegment(i) => {
                 let Some(&id) = self.segments.keys().nth(*i % self.segments.len().max(1)) else {

@@ -75,9 +75,10 @@ pub struct RuleError {
 }
 
 /// The event-counting state a `performed` atom needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CounterSpec {
     pub event: String,
+    #[serde(with = "crate::json_text")]
     pub filter: Option<Rule>,
     pub within: Option<Duration>,
     /// How many most-recent timestamps must be kept (windowed counters only).
@@ -713,6 +714,19 @@ impl<'a> EvalContext<'a> {
         match self.extra_counters {
             Some(extra) if id >= base => extra.at_least(id - base, row, k, now),
             _ => self.counters.at_least(id, row, k, now),
+        }
+    }
+}
+
+/// A rule that matches nobody and reads nothing (a placeholder until a real
+/// rule is compiled in its place, e.g. while a snapshot is restored).
+impl Default for CompiledRule {
+    fn default() -> Self {
+        CompiledRule {
+            root: Node::Const(false),
+            fields: Vec::new(),
+            counters: Vec::new(),
+            time_dependent: false,
         }
     }
 }
