@@ -1,5 +1,7 @@
-//! Xeno's HTTP edge. So far: decoding and normalising requests of the Segment
-//! HTTP Tracking API ([`ingest`]); the axum server, the management API and the
-//! `xeno` binary arrive with the single-node runtime.
+//! Xeno's HTTP edge and the `xeno` binary. So far: the layered configuration
+//! ([`config`], `xeno config show`) and the decoding of Segment HTTP Tracking
+//! API requests ([`ingest`]); the axum server, the management API and
+//! `xeno serve` arrive with the rest of the single-node runtime.
 
+pub mod config;
 pub mod ingest;
