@@ -6,6 +6,8 @@
 //! shard runtime needs), and its journal gives group-commit durability with one
 //! `persist(SyncAll)` per batch.
 
+mod history;
 mod log;
 
+pub use history::{LogHistory, decode_event, encode_event};
 pub use log::{EventLog, LogError, LogStats};
