@@ -71,10 +71,6 @@ impl CounterStore {
         self.metas.len()
     }
 
-    pub fn spec(&self, id: u32) -> &CounterSpec {
-        &self.metas[id as usize].spec
-    }
-
     /// Finds or creates a counter and takes a reference on it. `true` when it is
     /// new, and so empty: the caller fills it from history.
     pub fn acquire(&mut self, spec: &CounterSpec) -> (u32, bool) {

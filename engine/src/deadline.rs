@@ -194,11 +194,6 @@ impl DeadlineIndex {
         }
     }
 
-    /// The deadline currently set for `key`.
-    pub fn get(&self, key: DeadlineKey) -> Option<Timestamp> {
-        self.current.get(&key).map(|t| Timestamp(*t))
-    }
-
     /// Moves every pair due at or before `now` into `due` (deadline order is not
     /// guaranteed) and forgets them.
     pub fn pop_due(&mut self, now: Timestamp, due: &mut Vec<(DeadlineKey, Timestamp)>) {

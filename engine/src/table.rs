@@ -705,6 +705,29 @@ impl Column {
         }
     }
 
+    /// Whether row `row` holds exactly `value` (`None`: is missing), without
+    /// materialising the stored value (no string is allocated).
+    pub fn holds(&self, row: u32, value: Option<&AttrValue>) -> bool {
+        let r = row as usize;
+        match (self, value) {
+            (Column::Number(v), Some(AttrValue::Number(n))) => v.get(r) == *n,
+            (Column::Bool(v), Some(AttrValue::Bool(b))) => v[r] == *b as u8,
+            (Column::String { codes, dict }, Some(AttrValue::String(s))) => {
+                let code = codes.get(r);
+                code != MISSING_CODE && dict.get(code) == s
+            }
+            (Column::Timestamp(v), Some(AttrValue::Timestamp(t))) => v[r] == t.0,
+            (Column::ListOfStrings { lists, dict }, Some(AttrValue::ListOfStrings(items))) => {
+                lists[r].as_ref().is_some_and(|codes| {
+                    codes.len() == items.len()
+                        && codes.iter().zip(items).all(|(c, s)| dict.get(*c) == s)
+                })
+            }
+            (column, None) => crate::rule::compile::is_missing(column, r),
+            _ => false,
+        }
+    }
+
     /// Writes one row. The caller has checked the type; a mismatch clears the row
     /// (and trips a debug assertion).
     pub fn set(&mut self, row: u32, value: Option<&AttrValue>) {
@@ -796,20 +819,20 @@ impl AttributeColumn {
         if at.0 < current_at {
             return false;
         }
-        let current = self.column.get(row);
         if at.0 == current_at {
             // Same instant: the greater value wins; an unset loses to any value.
-            let wins = match (&current, value) {
+            // (Rare, so reading the stored value out is fine here.)
+            let wins = match (self.column.get(row), value) {
                 (_, None) => false,
                 (None, Some(_)) => true,
-                (Some(c), Some(v)) => v.tie_break_cmp(c) == std::cmp::Ordering::Greater,
+                (Some(c), Some(v)) => v.tie_break_cmp(&c) == std::cmp::Ordering::Greater,
             };
             if !wins {
                 return false;
             }
         }
         self.written_at[r] = at.0;
-        if current.as_ref() == value {
+        if self.column.holds(row, value) {
             return false;
         }
         self.column.set(row, value);
@@ -820,6 +843,51 @@ impl AttributeColumn {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn holds_compares_without_reading_out() {
+        use super::{AttrType, AttrValue, Column};
+        let cases = [
+            (
+                AttrType::String,
+                AttrValue::String("Pune".into()),
+                AttrValue::String("pune".into()),
+            ),
+            (
+                AttrType::Number,
+                AttrValue::Number(2.5),
+                AttrValue::Number(2.0),
+            ),
+            (
+                AttrType::Bool,
+                AttrValue::Bool(true),
+                AttrValue::Bool(false),
+            ),
+            (
+                AttrType::Timestamp,
+                AttrValue::Timestamp(crate::time::Timestamp(5)),
+                AttrValue::Timestamp(crate::time::Timestamp(6)),
+            ),
+            (
+                AttrType::ListOfStrings,
+                AttrValue::ListOfStrings(vec!["a".into(), "b".into()]),
+                AttrValue::ListOfStrings(vec!["a".into()]),
+            ),
+        ];
+        for (ty, stored, other) in cases {
+            let mut column = Column::new(ty);
+            column.resize(2, None);
+            assert!(column.holds(1, None), "{ty}: missing before a write");
+            column.set(1, Some(&stored));
+            assert!(column.holds(1, Some(&stored)), "{ty}");
+            assert!(!column.holds(1, Some(&other)), "{ty}");
+            assert!(!column.holds(1, None), "{ty}");
+            assert_eq!(
+                column.holds(1, Some(&stored)),
+                column.get(1).as_ref() == Some(&stored)
+            );
+        }
+    }
 
     use super::*;
 

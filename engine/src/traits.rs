@@ -503,7 +503,7 @@ impl ComputedTrait {
                     return (false, Timestamp::NEVER);
                 }
                 at[r] = timestamp.0;
-                let changed = self.values.get(row).as_ref() != Some(&value);
+                let changed = !self.values.holds(row, Some(&value));
                 self.values.set(row, Some(&value));
                 (changed, Timestamp::NEVER)
             }

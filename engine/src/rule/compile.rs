@@ -46,7 +46,7 @@ use serde_json::{Map, Value as Json};
 use super::ast::{CompareOp, Condition, Performed, Quantifier, Rule, Scalar, Test, TextOp};
 use super::{MAX_LIST_ITEMS, MAX_RULE_DEPTH, MAX_RULE_NODES, MAX_STRING_BYTES};
 use crate::counters::CounterStore;
-use crate::model::{AttrType, AttrValue, lookup_path};
+use crate::model::{AttrType, lookup_path};
 use crate::table::{AttributeColumn, Column, MISSING_BOOL, MISSING_CODE, MISSING_TIME};
 use crate::time::{Duration, Timestamp};
 use crate::traits::ComputedTrait;
@@ -1104,17 +1104,5 @@ fn property_test(test: &Test, value: Option<&Json>) -> bool {
             }
         }
         Test::WithinLast(_) | Test::NotWithinLast(_) | Test::WithinNext(_) => false,
-    }
-}
-
-/// Converts an [`AttrValue`] read from a column back to the [`Scalar`] a rule
-/// literal would be, for diagnostics.
-pub fn value_as_scalar(v: &AttrValue) -> Option<Scalar> {
-    match v {
-        AttrValue::String(s) => Some(Scalar::String(s.clone())),
-        AttrValue::Number(n) => Some(Scalar::Number(*n)),
-        AttrValue::Bool(b) => Some(Scalar::Bool(*b)),
-        AttrValue::Timestamp(t) => Some(Scalar::String(t.to_rfc3339())),
-        AttrValue::ListOfStrings(_) => None,
     }
 }
