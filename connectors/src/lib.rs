@@ -1,5 +1,5 @@
 //! Every piece of Xeno's I/O, behind the engine's ports. So far: the embedded
-//! event log ([`embedded`]), the single-machine default, and the signing of
+//! event log and state store ([`embedded`]), the single-machine default, and
 //! outgoing webhooks ([`webhook`]).
 
 pub mod embedded;

@@ -19,6 +19,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub engine: EngineConfig,
+    pub webhooks: WebhooksConfig,
     pub bootstrap: BootstrapConfig,
 }
 
@@ -28,6 +29,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub listen: SocketAddr,
+    /// Events accepted but not yet applied, per partition, beyond which ingest
+    /// answers 503 with Retry-After instead of buffering more.
+    pub max_pending_events: u32,
 }
 
 /// `[storage]`: the embedded store.
@@ -40,6 +44,9 @@ pub struct StorageConfig {
     pub partitions: u32,
     /// How long the event log keeps events, e.g. "7d".
     pub log_retention: String,
+    /// How often each shard writes a snapshot of its state (a restart replays
+    /// the log from the last one).
+    pub snapshot_every: String,
 }
 
 /// `[engine]`: segment evaluation.
@@ -50,6 +57,33 @@ pub struct EngineConfig {
     pub tick: String,
     /// How long a messageId is remembered for deduplication.
     pub dedup_window: String,
+}
+
+/// `[webhooks]`: delivery of segment webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Wait before the first retry; each further retry waits twice as long, at
+    /// most an hour.
+    pub first_retry: String,
+    /// Attempts before a delivery becomes a dead letter (32 with a 5s first
+    /// retry spans about a day).
+    pub max_attempts: u32,
+    /// How long one request may take.
+    pub timeout: String,
+    /// Requests in flight per endpoint.
+    pub max_in_flight: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            first_retry: "5s".into(),
+            max_attempts: 32,
+            timeout: "10s".into(),
+            max_in_flight: 16,
+        }
+    }
 }
 
 /// `[bootstrap]`: what a first start creates so the server is usable at once.
@@ -70,6 +104,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_pending_events: 200_000,
         }
     }
 }
@@ -80,6 +115,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./data"),
             partitions: 4,
             log_retention: "7d".into(),
+            snapshot_every: "10s".into(),
         }
     }
 }
@@ -102,6 +138,20 @@ impl Default for BootstrapConfig {
             admin_api_key: None,
         }
     }
+}
+
+/// A duration of the configuration: what rules accept (`30s`, `5m`, `7d`, ...)
+/// plus milliseconds (`100ms`) for ticks and retries.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Some(ms) = text.trim().strip_suffix("ms") {
+        return ms
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Duration)
+            .ok_or_else(|| format!("`{text}` is not a duration"));
+    }
+    Duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// A configuration that could not be loaded, with the key at fault.
@@ -137,10 +187,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let duration = |key: &'static str, text: &str| {
-            Duration::parse(text).map_err(|e| ConfigError::Invalid {
-                key,
-                reason: e.to_string(),
-            })
+            parse_duration(text).map_err(|e| ConfigError::Invalid { key, reason: e })
         };
         let tick = duration("engine.tick", &self.engine.tick)?;
         if tick.millis() > 1000 {
@@ -151,6 +198,37 @@ impl Config {
         }
         duration("engine.dedup_window", &self.engine.dedup_window)?;
         duration("storage.log_retention", &self.storage.log_retention)?;
+        let positive = |key: &'static str, text: &str| {
+            let d = duration(key, text)?;
+            if d.millis() <= 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be positive".into(),
+                });
+            }
+            Ok(d)
+        };
+        positive("storage.snapshot_every", &self.storage.snapshot_every)?;
+        positive("webhooks.first_retry", &self.webhooks.first_retry)?;
+        positive("webhooks.timeout", &self.webhooks.timeout)?;
+        if !(1..=1000).contains(&self.webhooks.max_attempts) {
+            return Err(ConfigError::Invalid {
+                key: "webhooks.max_attempts",
+                reason: "must be 1 to 1000".into(),
+            });
+        }
+        if !(1..=1024).contains(&self.webhooks.max_in_flight) {
+            return Err(ConfigError::Invalid {
+                key: "webhooks.max_in_flight",
+                reason: "must be 1 to 1024".into(),
+            });
+        }
+        if self.server.max_pending_events == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.max_pending_events",
+                reason: "must be positive".into(),
+            });
+        }
         if !(1..=1024).contains(&self.storage.partitions) {
             return Err(ConfigError::Invalid {
                 key: "storage.partitions",

@@ -1,7 +1,8 @@
-//! Xeno's HTTP edge and the `xeno` binary. So far: the layered configuration
-//! ([`config`], `xeno config show`) and the decoding of Segment HTTP Tracking
-//! API requests ([`ingest`]); the axum server, the management API and
-//! `xeno serve` arrive with the rest of the single-node runtime.
+//! Xeno's HTTP edge: the Segment-compatible ingest decoder ([`ingest`]), the
+//! axum API ([`api`]), the configuration ([`config`]) and the server wiring
+//! ([`server`]) of the `xeno` binary.
 
+pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod server;

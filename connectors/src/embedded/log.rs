@@ -283,3 +283,42 @@ fn commit_loop(
         }
     }
 }
+
+fn port_error(e: LogError) -> xeno_engine::ports::PortError {
+    use xeno_engine::ports::PortError;
+    match e {
+        LogError::Storage(m) => PortError::retryable(m),
+        other => PortError::permanent(other.to_string()),
+    }
+}
+
+impl xeno_engine::ports::EventLogPort for EventLog {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn append(
+        &self,
+        partition: u32,
+        records: Vec<Vec<u8>>,
+    ) -> Result<Range<u64>, xeno_engine::ports::PortError> {
+        EventLog::append(self, partition, records).map_err(port_error)
+    }
+
+    fn read(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, xeno_engine::ports::PortError> {
+        EventLog::read(self, partition, from, limit).map_err(port_error)
+    }
+
+    fn truncate_before(
+        &self,
+        partition: u32,
+        before: u64,
+    ) -> Result<u64, xeno_engine::ports::PortError> {
+        EventLog::truncate_before(self, partition, before).map_err(port_error)
+    }
+}

@@ -1,4 +1,5 @@
-//! The embedded backend: one fjall database in the data directory.
+//! The embedded backend: fjall databases in the data directory, one for the
+//! event log and one for state.
 //!
 //! fjall (pure Rust LSM tree) was chosen over RocksDB because it builds in
 //! seconds on two cores instead of minutes of C++, writes atomic batches across
@@ -6,8 +7,8 @@
 //! shard runtime needs), and its journal gives group-commit durability with one
 //! `persist(SyncAll)` per batch.
 
-mod history;
 mod log;
+mod store;
 
-pub use history::{LogHistory, decode_event, encode_event};
 pub use log::{EventLog, LogError, LogStats};
+pub use store::StateStore;

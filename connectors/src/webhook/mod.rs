@@ -1,5 +1,6 @@
-//! Outgoing webhooks. So far: signatures per the Standard Webhooks
-//! specification ([`signing`]); the durable outbox and per-endpoint dispatchers
-//! come with the runtime.
+//! Outgoing webhooks: signatures per the Standard Webhooks specification
+//! ([`signing`]) and the HTTP sender behind the engine's `WebhookPort`
+//! ([`sender`]). Queues, retries and the outbox live in the actor runtime.
 
+pub mod sender;
 pub mod signing;

@@ -157,6 +157,37 @@ pub struct Performed {
 }
 
 impl Rule {
+    /// The customer fields (attributes or computed traits) the rule reads, each
+    /// once, in order of appearance; event properties inside `performed ...
+    /// where` are not customer fields and are left out.
+    ///
+    /// ```
+    /// use xeno_engine::rule::dsl;
+    /// let rule = dsl::parse(
+    ///     r#"plan = "pro" and (spend > 5 or not plan = "x") and performed "Order" where revenue > 5"#,
+    /// ).unwrap();
+    /// assert_eq!(rule.customer_fields(), ["plan", "spend"]);
+    /// ```
+    pub fn customer_fields(&self) -> Vec<&str> {
+        fn walk<'a>(rule: &'a Rule, out: &mut Vec<&'a str>) {
+            match rule {
+                Rule::And(children) | Rule::Or(children) => {
+                    children.iter().for_each(|c| walk(c, out))
+                }
+                Rule::Not(child) => walk(child, out),
+                Rule::Condition(c) => {
+                    if !out.contains(&c.field.as_str()) {
+                        out.push(&c.field);
+                    }
+                }
+                Rule::Performed(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+
     /// `field op value` shorthand, mostly for tests and examples.
     pub fn compare(field: &str, op: CompareOp, value: Scalar) -> Rule {
         Rule::Condition(Condition {

@@ -1,0 +1,378 @@
+//! The catalog: organizations, their keys, segment definitions and webhook
+//! endpoints. Durable in the state store (every tenant key starts with
+//! `t/{org}/`), cached in memory for the hot paths (authenticating a write
+//! key, fanning a membership change out to the endpoints that want it).
+//!
+//! Key layout:
+//! ```text
+//! g/org/{slug}                -> OrgRecord          (global: slugs are unique)
+//! g/wk/{sha256(key)}          -> org id             (write keys, hashed)
+//! g/ak/{sha256(key)}          -> ApiKeyRecord       (API keys, hashed)
+//! t/{org}/seg/{segment}       -> SegmentRecord
+//! t/{org}/wh/{endpoint}       -> WebhookRecord
+//! t/{org}/dl/{endpoint}/{id}  -> DeliveryRecord     (the webhook outbox and its history)
+//! t/{org}/shard/{partition}   -> offset ++ engine snapshot
+//! ```
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use xeno_engine::model::AttrType;
+use xeno_engine::ports::{PortError, StatePort, StateWrite};
+
+/// An organization (tenant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    pub id: Uuid,
+    pub slug: String,
+    pub created_at: String,
+}
+
+/// What an API key may do. The bootstrap admin key is an `Owner` key of its
+/// organization, the same kind of key the identity layer issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub org: Uuid,
+    pub role: Role,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// A segment definition. The engine knows it by `engine_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub id: Uuid,
+    pub engine_id: u64,
+    pub name: String,
+    /// The rule in DSL text (the canonical printed form).
+    pub rule: String,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The membership transitions an endpoint can subscribe to.
+pub const WEBHOOK_EVENTS: [&str; 2] = ["segment.entered", "segment.exited"];
+
+/// A webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    /// Only these segments; `None` for all.
+    pub segments: Option<Vec<Uuid>>,
+    pub enabled: bool,
+    /// Why the endpoint was disabled, when the server did it (a 410).
+    pub disabled_reason: Option<String>,
+    pub secret: String,
+    /// Secrets replaced by a rotation, still signing until their expiry (ms).
+    pub previous_secrets: Vec<(String, i64)>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl WebhookRecord {
+    /// Whether this endpoint wants `event_type` of segment `segment`.
+    pub fn wants(&self, event_type: &str, segment: Uuid) -> bool {
+        self.enabled
+            && self.events.iter().any(|e| e == event_type)
+            && self.segments.as_ref().is_none_or(|s| s.contains(&segment))
+    }
+
+    /// The secrets to sign with at `now_ms`: the current one first.
+    pub fn signing_secrets(&self, now_ms: i64) -> Vec<String> {
+        std::iter::once(self.secret.clone())
+            .chain(
+                self.previous_secrets
+                    .iter()
+                    .filter(|(_, until)| *until > now_ms)
+                    .map(|(s, _)| s.clone()),
+            )
+            .collect()
+    }
+}
+
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn org_key(slug: &str) -> Vec<u8> {
+    format!("g/org/{slug}").into_bytes()
+}
+pub fn write_key_key(key: &str) -> Vec<u8> {
+    format!("g/wk/{}", hash_key(key)).into_bytes()
+}
+pub fn api_key_key(key: &str) -> Vec<u8> {
+    format!("g/ak/{}", hash_key(key)).into_bytes()
+}
+pub fn segment_key(org: Uuid, id: Uuid) -> Vec<u8> {
+    format!("t/{org}/seg/{id}").into_bytes()
+}
+pub fn webhook_key(org: Uuid, id: Uuid) -> Vec<u8> {
+    format!("t/{org}/wh/{id}").into_bytes()
+}
+pub fn delivery_prefix(org: Uuid, endpoint: Uuid) -> Vec<u8> {
+    format!("t/{org}/dl/{endpoint}/").into_bytes()
+}
+pub fn delivery_key(org: Uuid, endpoint: Uuid, id: &str) -> Vec<u8> {
+    format!("t/{org}/dl/{endpoint}/{id}").into_bytes()
+}
+pub fn field_key(org: Uuid, name: &str) -> Vec<u8> {
+    format!("t/{org}/field/{name}").into_bytes()
+}
+pub fn shard_key(org: Uuid, partition: u32) -> Vec<u8> {
+    format!("t/{org}/shard/{partition:08}").into_bytes()
+}
+
+/// One organization in memory.
+#[derive(Debug, Clone)]
+pub struct OrgState {
+    pub record: OrgRecord,
+    pub segments: HashMap<Uuid, SegmentRecord>,
+    pub by_engine_id: HashMap<u64, Uuid>,
+    pub webhooks: HashMap<Uuid, WebhookRecord>,
+    /// Attribute types segments rely on, declared on every shard of the tenant
+    /// (each shard infers types from its own customers' data otherwise).
+    pub fields: HashMap<String, AttrType>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    orgs: HashMap<Uuid, OrgState>,
+    by_slug: HashMap<String, Uuid>,
+    write_keys: HashMap<String, Uuid>,
+    api_keys: HashMap<String, ApiKeyRecord>,
+}
+
+/// The in-memory catalog. Writers persist first, then update it.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    state: RwLock<State>,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, PortError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        PortError::permanent(format!(
+            "catalog record {} does not decode: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("catalog records serialise")
+}
+
+type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), PortError> + 'a;
+
+fn scan_all(store: &dyn StatePort, prefix: &[u8], visit: &mut Visit<'_>) -> Result<(), PortError> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.scan(prefix, after.as_deref(), 1024)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        let last = last.clone();
+        for (k, v) in &page {
+            visit(k, v)?;
+        }
+        after = Some(last);
+    }
+}
+
+impl Catalog {
+    /// Loads everything but deliveries and snapshots from `store`.
+    pub fn load(store: &dyn StatePort) -> Result<Catalog, PortError> {
+        let mut state = State::default();
+        scan_all(store, b"g/org/", &mut |k, v| {
+            let record: OrgRecord = decode(k, v)?;
+            state.by_slug.insert(record.slug.clone(), record.id);
+            state.orgs.insert(
+                record.id,
+                OrgState {
+                    record,
+                    segments: HashMap::new(),
+                    by_engine_id: HashMap::new(),
+                    webhooks: HashMap::new(),
+                    fields: HashMap::new(),
+                },
+            );
+            Ok(())
+        })?;
+        scan_all(store, b"g/wk/", &mut |k, v| {
+            let org: Uuid = decode(k, v)?;
+            let hash = String::from_utf8_lossy(&k[5..]).into_owned();
+            state.write_keys.insert(hash, org);
+            Ok(())
+        })?;
+        scan_all(store, b"g/ak/", &mut |k, v| {
+            let record: ApiKeyRecord = decode(k, v)?;
+            let hash = String::from_utf8_lossy(&k[5..]).into_owned();
+            state.api_keys.insert(hash, record);
+            Ok(())
+        })?;
+        for (id, org) in state.orgs.iter_mut() {
+            scan_all(store, format!("t/{id}/seg/").as_bytes(), &mut |k, v| {
+                let record: SegmentRecord = decode(k, v)?;
+                org.by_engine_id.insert(record.engine_id, record.id);
+                org.segments.insert(record.id, record);
+                Ok(())
+            })?;
+            let field_prefix = format!("t/{id}/field/");
+            scan_all(store, field_prefix.as_bytes(), &mut |k, v| {
+                let ty: AttrType = decode(k, v)?;
+                let name = String::from_utf8_lossy(&k[field_prefix.len()..]).into_owned();
+                org.fields.insert(name, ty);
+                Ok(())
+            })?;
+            scan_all(store, format!("t/{id}/wh/").as_bytes(), &mut |k, v| {
+                let record: WebhookRecord = decode(k, v)?;
+                org.webhooks.insert(record.id, record);
+                Ok(())
+            })?;
+        }
+        Ok(Catalog {
+            state: RwLock::new(state),
+        })
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn write<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn org_ids(&self) -> Vec<Uuid> {
+        self.read(|s| s.orgs.keys().copied().collect())
+    }
+
+    pub fn org_by_slug(&self, slug: &str) -> Option<OrgRecord> {
+        self.read(|s| {
+            s.by_slug
+                .get(slug)
+                .and_then(|id| s.orgs.get(id))
+                .map(|o| o.record.clone())
+        })
+    }
+
+    pub fn org(&self, id: Uuid) -> Option<OrgRecord> {
+        self.read(|s| s.orgs.get(&id).map(|o| o.record.clone()))
+    }
+
+    pub fn org_for_write_key(&self, key: &str) -> Option<Uuid> {
+        let hash = hash_key(key);
+        self.read(|s| s.write_keys.get(&hash).copied())
+    }
+
+    pub fn api_key(&self, key: &str) -> Option<ApiKeyRecord> {
+        let hash = hash_key(key);
+        self.read(|s| s.api_keys.get(&hash).cloned())
+    }
+
+    /// Runs `f` on an organization's in-memory state.
+    pub fn with_org<R>(&self, org: Uuid, f: impl FnOnce(&OrgState) -> R) -> Option<R> {
+        self.read(|s| s.orgs.get(&org).map(f))
+    }
+
+    pub fn put_org(&self, record: OrgRecord) {
+        self.write(|s| {
+            s.by_slug.insert(record.slug.clone(), record.id);
+            s.orgs.entry(record.id).or_insert(OrgState {
+                record,
+                segments: HashMap::new(),
+                by_engine_id: HashMap::new(),
+                webhooks: HashMap::new(),
+                fields: HashMap::new(),
+            });
+        })
+    }
+
+    pub fn put_fields(&self, org: Uuid, fields: &[(String, AttrType)]) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                for (name, ty) in fields {
+                    o.fields.insert(name.clone(), *ty);
+                }
+            }
+        })
+    }
+
+    pub fn put_write_key(&self, key: &str, org: Uuid) {
+        let hash = hash_key(key);
+        self.write(|s| s.write_keys.insert(hash, org));
+    }
+
+    pub fn put_api_key(&self, key: &str, record: ApiKeyRecord) {
+        let hash = hash_key(key);
+        self.write(|s| s.api_keys.insert(hash, record));
+    }
+
+    pub fn put_segment(&self, org: Uuid, record: SegmentRecord) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                o.by_engine_id.insert(record.engine_id, record.id);
+                o.segments.insert(record.id, record);
+            }
+        })
+    }
+
+    pub fn remove_segment(&self, org: Uuid, id: Uuid) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org)
+                && let Some(record) = o.segments.remove(&id)
+            {
+                o.by_engine_id.remove(&record.engine_id);
+            }
+        })
+    }
+
+    pub fn put_webhook(&self, org: Uuid, record: WebhookRecord) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                o.webhooks.insert(record.id, record);
+            }
+        })
+    }
+
+    pub fn remove_webhook(&self, org: Uuid, id: Uuid) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                o.webhooks.remove(&id);
+            }
+        })
+    }
+
+    pub fn webhook(&self, org: Uuid, id: Uuid) -> Option<WebhookRecord> {
+        self.with_org(org, |o| o.webhooks.get(&id).cloned())
+            .flatten()
+    }
+
+    /// Writes `writes` durably, then applies `then` to memory.
+    pub fn commit(
+        &self,
+        store: &dyn StatePort,
+        writes: Vec<StateWrite>,
+        then: impl FnOnce(&Catalog),
+    ) -> Result<(), PortError> {
+        store.commit(writes, true)?;
+        then(self);
+        Ok(())
+    }
+}

@@ -1,0 +1,1282 @@
+//! The facade: what the gateway may ask of the runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::{Map, Value as Json, json};
+use uuid::Uuid;
+use xeno_engine::model::{AttrType, Event};
+use xeno_engine::ports::{EventLogPort, PortError, StatePort, StateWrite, WebhookPort};
+use xeno_engine::rule::compile::RuleError;
+use xeno_engine::rule::{Rule, dsl};
+use xeno_engine::shard::SegmentError;
+use xeno_engine::time::Timestamp;
+
+use crate::catalog::{
+    ApiKeyRecord, Catalog, OrgRecord, Role, SegmentRecord, WEBHOOK_EVENTS, WebhookRecord,
+    api_key_key, delivery_key, delivery_prefix, encode, field_key, org_key, segment_key,
+    webhook_key, write_key_key,
+};
+use crate::clock::{ClockActor, NowFn};
+use crate::dispatch::{
+    DeliveryRecord, DeliveryStatus, DispatchSettings, EndpointChanged, NewDeliveries, Replay,
+    StopDispatcher, WebhookDispatcher,
+};
+use crate::record::{LogRecord, partition_of};
+use crate::registry::{DispatcherEntry, Registry};
+use crate::segment::GetCount;
+use crate::shard::{
+    AddSegment, Append, DeclareFields, FieldTypes, GetCustomer, Members, Preview, RemoveSegment,
+    ShardActor, ShardSettings, SnapshotNow, UpdateSegment,
+};
+
+/// The ports the runtime runs on.
+#[derive(Clone)]
+pub struct Ports {
+    pub log: Arc<dyn EventLogPort>,
+    pub store: Arc<dyn StatePort>,
+    pub webhooks: Arc<dyn WebhookPort>,
+}
+
+/// What a first start creates.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub org: String,
+    pub write_key: Option<String>,
+    pub admin_api_key: Option<String>,
+}
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub shard: ShardSettings,
+    pub dispatch: DispatchSettings,
+    pub tick: Duration,
+    /// Events accepted but not yet applied, per partition, before ingest
+    /// answers "busy".
+    pub max_inflight_per_partition: i64,
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// What went wrong, and whose fault it is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The caller named something that does not exist (404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The caller sent something invalid (400/422); `pointer` locates it in the
+    /// request body.
+    #[error("{pointer}: {reason}")]
+    Invalid { pointer: String, reason: String },
+    /// Saturated: try again after a while (503).
+    #[error("the server is busy; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
+    /// Storage failed; retrying may help (503).
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    /// A bug or a stopped actor (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<PortError> for RuntimeError {
+    fn from(e: PortError) -> Self {
+        RuntimeError::Storage(e.message)
+    }
+}
+
+impl From<MailboxError> for RuntimeError {
+    fn from(e: MailboxError) -> Self {
+        RuntimeError::Internal(format!("actor unavailable: {e}"))
+    }
+}
+
+fn invalid(pointer: impl Into<String>, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Invalid {
+        pointer: pointer.into(),
+        reason: reason.into(),
+    }
+}
+
+fn rule_invalid(e: RuleError) -> RuntimeError {
+    let reason = match &e.field {
+        Some(field) => format!("`{field}`: {}", e.reason),
+        None => e.reason.clone(),
+    };
+    invalid(format!("/rule{}", e.path), reason)
+}
+
+fn segment_error(e: SegmentError) -> RuntimeError {
+    match e {
+        SegmentError::Rule(e) => rule_invalid(e),
+        SegmentError::History(e) => RuntimeError::Storage(e.0),
+        other => RuntimeError::Internal(other.to_string()),
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    )
+}
+
+fn random_token(prefix: &str) -> Result<String, RuntimeError> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Parses a rule given as DSL text (a JSON string) or as the JSON AST.
+pub fn parse_rule(value: &Json) -> Result<Rule, RuntimeError> {
+    match value {
+        Json::String(text) => dsl::parse(text).map_err(|e| {
+            invalid(
+                "/rule",
+                format!("line {}, column {}: {}", e.line, e.column, e.message),
+            )
+        }),
+        Json::Object(_) => serde_json::from_value(value.clone())
+            .map_err(|e| invalid("/rule", format!("not a valid rule: {e}"))),
+        _ => Err(invalid(
+            "/rule",
+            "a rule is DSL text (a string) or a JSON rule object",
+        )),
+    }
+}
+
+/// A segment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub rule: String,
+    pub version: u64,
+    pub member_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A customer as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerInfo {
+    pub id: String,
+    pub attributes: Map<String, Json>,
+    pub computed: Map<String, Json>,
+    pub segments: Vec<SegmentRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A webhook endpoint as the API shows it; the secret only on creation and
+/// rotation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookInfo {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    pub segments: Option<Vec<Uuid>>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl WebhookInfo {
+    fn of(record: &WebhookRecord, with_secret: bool) -> WebhookInfo {
+        WebhookInfo {
+            id: record.id,
+            url: record.url.clone(),
+            events: record.events.clone(),
+            segments: record.segments.clone(),
+            enabled: record.enabled,
+            disabled_reason: record.disabled_reason.clone(),
+            secret: with_secret.then(|| record.secret.clone()),
+            created_at: record.created_at.clone(),
+            updated_at: record.updated_at.clone(),
+        }
+    }
+}
+
+/// Changes to a webhook endpoint; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookChange {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub segments: Option<Option<Vec<Uuid>>>,
+    pub enabled: Option<bool>,
+}
+
+/// Who a bearer key belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub org: Uuid,
+    pub role: Role,
+    pub key_id: Uuid,
+}
+
+/// Keys created by [`Runtime::start`]'s bootstrap that were generated, to be
+/// shown once.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    pub write_key: Option<String>,
+    pub admin_api_key: Option<String>,
+}
+
+struct Inner {
+    settings: RuntimeSettings,
+    ports: Ports,
+    catalog: Arc<Catalog>,
+    registry: Arc<Registry>,
+    shards: Vec<Addr<ShardActor>>,
+    inflight: Vec<Arc<AtomicI64>>,
+    ready: Vec<Arc<AtomicBool>>,
+    io: ArbiterHandle,
+    arbiters: std::sync::Mutex<Vec<Arbiter>>,
+}
+
+/// The running runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Loads the catalog, applies the bootstrap, and starts the actors: one
+    /// shard actor per log partition (each on its own thread; it recovers its
+    /// state before serving), the clock, and one dispatcher per endpoint. Call
+    /// it inside an actix `System`.
+    pub fn start(
+        settings: RuntimeSettings,
+        ports: Ports,
+        clock: NowFn,
+    ) -> Result<(Runtime, Generated), RuntimeError> {
+        let catalog = Arc::new(Catalog::load(&*ports.store)?);
+        let generated = match &settings.bootstrap {
+            Some(b) => bootstrap(&catalog, &*ports.store, b)?,
+            None => Generated::default(),
+        };
+        let partitions = ports.log.partitions();
+        let io = Arbiter::new();
+        let registry = Arc::new(Registry::new(partitions, io.handle()));
+        let mut arbiters = Vec::new();
+        let mut shards = Vec::new();
+        let mut inflight = Vec::new();
+        let mut ready = Vec::new();
+        for partition in 0..partitions {
+            let arbiter = Arbiter::new();
+            let flight = Arc::new(AtomicI64::new(0));
+            let is_ready = Arc::new(AtomicBool::new(false));
+            let (log, store, cat, reg) = (
+                ports.log.clone(),
+                ports.store.clone(),
+                catalog.clone(),
+                registry.clone(),
+            );
+            let (f, r) = (flight.clone(), is_ready.clone());
+            let shard_settings = settings.shard;
+            let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                let mut actor =
+                    ShardActor::new(partition, shard_settings, log, store, cat, reg, f, r);
+                if let Err(e) = actor.recover() {
+                    tracing::error!(partition, error = %e, "shard recovery failed; the partition stays unready");
+                }
+                actor
+            });
+            shards.push(addr);
+            inflight.push(flight);
+            ready.push(is_ready);
+            arbiters.push(arbiter);
+        }
+        let clock_shards = shards.clone();
+        let tick = settings.tick;
+        ClockActor::start_in_arbiter(&io.handle(), move |_| ClockActor {
+            tick,
+            shards: clock_shards,
+            now: clock,
+        });
+        let io_handle = io.handle();
+        arbiters.push(io);
+        let runtime = Runtime {
+            inner: Arc::new(Inner {
+                settings,
+                ports,
+                catalog,
+                registry,
+                shards,
+                inflight,
+                ready,
+                io: io_handle,
+                arbiters: std::sync::Mutex::new(arbiters),
+            }),
+        };
+        for org in runtime.inner.catalog.org_ids() {
+            let endpoints: Vec<Uuid> = runtime
+                .inner
+                .catalog
+                .with_org(org, |o| o.webhooks.keys().copied().collect())
+                .unwrap_or_default();
+            for endpoint in endpoints {
+                runtime.start_dispatcher(org, endpoint);
+            }
+        }
+        Ok((runtime, generated))
+    }
+
+    fn start_dispatcher(&self, org: Uuid, endpoint: Uuid) {
+        let missed = Arc::new(AtomicBool::new(false));
+        let (settings, store, catalog, port, m) = (
+            self.inner.settings.dispatch,
+            self.inner.ports.store.clone(),
+            self.inner.catalog.clone(),
+            self.inner.ports.webhooks.clone(),
+            missed.clone(),
+        );
+        let addr = WebhookDispatcher::start_in_arbiter(&self.inner.io, move |_| {
+            WebhookDispatcher::new(org, endpoint, settings, store, catalog, port, m)
+        });
+        self.inner
+            .registry
+            .add_dispatcher(endpoint, DispatcherEntry { addr, missed });
+    }
+
+    /// Whether every shard has recovered.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.iter().all(|r| r.load(Ordering::Acquire))
+    }
+
+    /// Events accepted and not yet applied, per partition.
+    pub fn lag(&self) -> Vec<i64> {
+        self.inner
+            .inflight
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Snapshots every shard and stops the actors.
+    pub async fn shutdown(&self) {
+        for shard in &self.inner.shards {
+            match tokio::time::timeout(Duration::from_secs(30), shard.send(SnapshotNow)).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final snapshot failed"),
+                _ => tracing::warn!("a shard did not answer the final snapshot"),
+            }
+        }
+        if let Ok(arbiters) = self.inner.arbiters.lock() {
+            for arbiter in arbiters.iter() {
+                arbiter.stop();
+            }
+        }
+    }
+
+    // ---- authentication ------------------------------------------------------
+
+    pub fn org_for_write_key(&self, key: &str) -> Option<Uuid> {
+        self.inner.catalog.org_for_write_key(key)
+    }
+
+    pub fn principal(&self, api_key: &str) -> Option<Principal> {
+        self.inner.catalog.api_key(api_key).map(|k| Principal {
+            org: k.org,
+            role: k.role,
+            key_id: k.id,
+        })
+    }
+
+    pub fn org_by_slug(&self, slug: &str) -> Option<OrgRecord> {
+        self.inner.catalog.org_by_slug(slug)
+    }
+
+    // ---- ingest --------------------------------------------------------------
+
+    /// Logs `events` of `org` durably and hands them to their shards. Returns
+    /// once every event is fsynced; application follows within milliseconds.
+    pub async fn ingest(
+        &self,
+        org: Uuid,
+        events: Vec<Event>,
+        received_at: Timestamp,
+    ) -> Result<(), RuntimeError> {
+        let partitions = self.inner.shards.len() as u32;
+        let mut by_partition: HashMap<u32, Vec<LogRecord>> = HashMap::new();
+        for event in events {
+            let key = event
+                .customer_key()
+                .ok_or_else(|| invalid("", "an event has neither userId nor anonymousId"))?;
+            let p = partition_of(org, key, partitions);
+            by_partition.entry(p).or_default().push(LogRecord {
+                org,
+                received_at,
+                event,
+            });
+        }
+        let limit = self.inner.settings.max_inflight_per_partition;
+        for (p, records) in &by_partition {
+            let flight = &self.inner.inflight[*p as usize];
+            if flight.load(Ordering::Acquire) + records.len() as i64 > limit {
+                metrics::counter!("xeno_ingest_busy_total").increment(1);
+                return Err(RuntimeError::Busy {
+                    retry_after_secs: 1,
+                });
+            }
+        }
+        let mut appends = Vec::with_capacity(by_partition.len());
+        for (p, records) in by_partition {
+            self.inner.inflight[p as usize].fetch_add(records.len() as i64, Ordering::AcqRel);
+            let log = self.inner.ports.log.clone();
+            let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
+            let started = std::time::Instant::now();
+            let handle = tokio::task::spawn_blocking(move || log.append(p, encoded));
+            appends.push((p, records, handle, started));
+        }
+        let mut failure = None;
+        let mut count = 0u64;
+        for (p, records, handle, started) in appends {
+            let n = records.len() as i64;
+            let result = handle
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))
+                .and_then(|r| r.map_err(RuntimeError::from));
+            metrics::histogram!("xeno_log_append_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(range) => {
+                    count += n as u64;
+                    let shard = self.inner.shards[p as usize].clone();
+                    let flight = self.inner.inflight[p as usize].clone();
+                    // A task of its own, so a client that hangs up cannot cancel
+                    // the hand-off of events that are already durable.
+                    tokio::spawn(async move {
+                        let message = Append {
+                            first: range.start,
+                            records,
+                        };
+                        if shard.send(message).await.is_err() {
+                            flight.fetch_sub(n, Ordering::AcqRel);
+                            tracing::error!(
+                                partition = p,
+                                "shard actor unavailable; it will read the events from the log"
+                            );
+                        }
+                    });
+                }
+                Err(e) => {
+                    self.inner.inflight[p as usize].fetch_sub(n, Ordering::AcqRel);
+                    failure = Some(e);
+                }
+            }
+        }
+        metrics::counter!("xeno_ingest_events_total").increment(count);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    // ---- segments ------------------------------------------------------------
+
+    fn require_org(&self, org: Uuid) -> Result<(), RuntimeError> {
+        self.inner
+            .catalog
+            .org(org)
+            .map(|_| ())
+            .ok_or_else(|| RuntimeError::NotFound("organization".into()))
+    }
+
+    fn segment_record(&self, org: Uuid, id: Uuid) -> Result<SegmentRecord, RuntimeError> {
+        self.inner
+            .catalog
+            .with_org(org, |o| o.segments.get(&id).cloned())
+            .flatten()
+            .ok_or_else(|| RuntimeError::NotFound("segment".into()))
+    }
+
+    async fn segment_info(&self, org: Uuid, record: SegmentRecord) -> SegmentInfo {
+        let member_count = match self.inner.registry.segment(org, record.engine_id) {
+            Some(addr) => addr.send(GetCount).await.unwrap_or(0),
+            None => 0,
+        };
+        SegmentInfo {
+            id: record.id,
+            name: record.name,
+            rule: record.rule,
+            version: record.version,
+            member_count,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+
+    fn check_name(name: &str) -> Result<String, RuntimeError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(invalid("/name", "the name must not be empty"));
+        }
+        if name.chars().count() > 200 {
+            return Err(invalid("/name", "the name is longer than 200 characters"));
+        }
+        Ok(name.to_string())
+    }
+
+    /// Creates a segment: every shard backfills it, then it is recorded.
+    pub async fn create_segment(
+        &self,
+        org: Uuid,
+        name: &str,
+        rule: Rule,
+    ) -> Result<SegmentInfo, RuntimeError> {
+        self.require_org(org)?;
+        let name = Self::check_name(name)?;
+        let id = Uuid::now_v7();
+        // The random low half of a UUIDv7; unique within a tenant in practice,
+        // and checked.
+        let engine_id = id.as_u128() as u64;
+        if self
+            .inner
+            .catalog
+            .with_org(org, |o| o.by_engine_id.contains_key(&engine_id))
+            .unwrap_or(false)
+        {
+            return Err(RuntimeError::Internal("segment id collision; retry".into()));
+        }
+        let text = dsl::print(&rule);
+        self.ensure_fields(org, &rule, true).await?;
+        self.apply_to_shards(org, engine_id, &rule, None).await?;
+        let at = now().to_rfc3339();
+        let record = SegmentRecord {
+            id,
+            engine_id,
+            name,
+            rule: text,
+            version: 1,
+            created_at: at.clone(),
+            updated_at: at,
+        };
+        let write = StateWrite::Put(segment_key(org, id), encode(&record));
+        let stored = record.clone();
+        if let Err(e) = self
+            .inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.put_segment(org, stored)
+            })
+        {
+            self.remove_from_shards(org, engine_id).await;
+            return Err(e.into());
+        }
+        Ok(self.segment_info(org, record).await)
+    }
+
+    /// Makes every shard of the tenant agree on the types of the attributes
+    /// `rule` reads: each shard infers types from its own customers, so a field
+    /// seen in one partition is declared in all (and recorded in the catalog
+    /// when `persist`). Differing types are the caller's error.
+    async fn ensure_fields(
+        &self,
+        org: Uuid,
+        rule: &Rule,
+        persist: bool,
+    ) -> Result<(), RuntimeError> {
+        let names: Vec<String> = rule
+            .customer_fields()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut types: HashMap<String, AttrType> = self
+            .inner
+            .catalog
+            .with_org(org, |o| {
+                names
+                    .iter()
+                    .filter_map(|n| o.fields.get(n).map(|t| (n.clone(), *t)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let recorded: Vec<String> = types.keys().cloned().collect();
+        for shard in &self.inner.shards {
+            let known = shard
+                .send(FieldTypes {
+                    org,
+                    names: names.clone(),
+                })
+                .await?;
+            for (name, ty) in known {
+                match types.get(&name) {
+                    Some(existing) if *existing != ty => {
+                        return Err(invalid(
+                            "/rule",
+                            format!(
+                                "`{name}` holds {existing:?} values for some customers and {ty:?} for others"
+                            ),
+                        ));
+                    }
+                    _ => {
+                        types.insert(name, ty);
+                    }
+                }
+            }
+        }
+        if types.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<(String, AttrType)> = types.into_iter().collect();
+        for shard in &self.inner.shards {
+            shard
+                .send(DeclareFields {
+                    org,
+                    fields: fields.clone(),
+                })
+                .await?
+                .map_err(|reason| invalid("/rule", reason))?;
+        }
+        let new: Vec<(String, AttrType)> = fields
+            .into_iter()
+            .filter(|(n, _)| !recorded.contains(n))
+            .collect();
+        if persist && !new.is_empty() {
+            let writes = new
+                .iter()
+                .map(|(n, t)| StateWrite::Put(field_key(org, n), encode(t)))
+                .collect();
+            self.inner
+                .catalog
+                .commit(&*self.inner.ports.store, writes, |c| {
+                    c.put_fields(org, &new)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sends the rule to every shard; on a refusal, puts back `previous` (or
+    /// removes the segment) where it was already applied.
+    async fn apply_to_shards(
+        &self,
+        org: Uuid,
+        engine_id: u64,
+        rule: &Rule,
+        previous: Option<&Rule>,
+    ) -> Result<(), RuntimeError> {
+        for (i, shard) in self.inner.shards.iter().enumerate() {
+            let result = match previous {
+                None => {
+                    shard
+                        .send(AddSegment {
+                            org,
+                            engine_id,
+                            rule: rule.clone(),
+                        })
+                        .await
+                }
+                Some(_) => {
+                    shard
+                        .send(UpdateSegment {
+                            org,
+                            engine_id,
+                            rule: rule.clone(),
+                        })
+                        .await
+                }
+            };
+            let error = match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => segment_error(e),
+                Err(e) => e.into(),
+            };
+            for done in &self.inner.shards[..i] {
+                let _ = match previous {
+                    None => done
+                        .send(RemoveSegment { org, engine_id })
+                        .await
+                        .map(|_| ()),
+                    Some(old) => done
+                        .send(UpdateSegment {
+                            org,
+                            engine_id,
+                            rule: old.clone(),
+                        })
+                        .await
+                        .map(|_| ()),
+                };
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn remove_from_shards(&self, org: Uuid, engine_id: u64) {
+        for shard in &self.inner.shards {
+            let _ = shard.send(RemoveSegment { org, engine_id }).await;
+        }
+    }
+
+    pub async fn get_segment(&self, org: Uuid, id: Uuid) -> Result<SegmentInfo, RuntimeError> {
+        self.require_org(org)?;
+        let record = self.segment_record(org, id)?;
+        Ok(self.segment_info(org, record).await)
+    }
+
+    pub async fn list_segments(
+        &self,
+        org: Uuid,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<SegmentInfo>, RuntimeError> {
+        self.require_org(org)?;
+        let after = match cursor {
+            Some(c) => Some(
+                Uuid::parse_str(c).map_err(|_| invalid("/cursor", "not a cursor of this list"))?,
+            ),
+            None => None,
+        };
+        let mut records: Vec<SegmentRecord> = self
+            .inner
+            .catalog
+            .with_org(org, |o| o.segments.values().cloned().collect())
+            .unwrap_or_default();
+        records.sort_by_key(|r| r.id);
+        let records: Vec<SegmentRecord> = records
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.id > a))
+            .take(limit + 1)
+            .collect();
+        let more = records.len() > limit;
+        let mut items = Vec::new();
+        for record in records.into_iter().take(limit) {
+            items.push(self.segment_info(org, record).await);
+        }
+        let next_cursor = more
+            .then(|| items.last().map(|s: &SegmentInfo| s.id.to_string()))
+            .flatten();
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Changes a segment's name and/or rule. Only customers whose membership
+    /// changes get a delta.
+    pub async fn update_segment(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        name: Option<&str>,
+        rule: Option<Rule>,
+    ) -> Result<SegmentInfo, RuntimeError> {
+        self.require_org(org)?;
+        let mut record = self.segment_record(org, id)?;
+        if let Some(name) = name {
+            record.name = Self::check_name(name)?;
+        }
+        if let Some(rule) = rule {
+            let old = dsl::parse(&record.rule)
+                .map_err(|e| RuntimeError::Internal(format!("stored rule: {e}")))?;
+            if old != rule {
+                self.ensure_fields(org, &rule, true).await?;
+                self.apply_to_shards(org, record.engine_id, &rule, Some(&old))
+                    .await?;
+                record.rule = dsl::print(&rule);
+            }
+        }
+        record.version += 1;
+        record.updated_at = now().to_rfc3339();
+        let write = StateWrite::Put(segment_key(org, id), encode(&record));
+        let stored = record.clone();
+        self.inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.put_segment(org, stored)
+            })?;
+        Ok(self.segment_info(org, record).await)
+    }
+
+    pub async fn delete_segment(&self, org: Uuid, id: Uuid) -> Result<(), RuntimeError> {
+        self.require_org(org)?;
+        let record = self.segment_record(org, id)?;
+        let write = StateWrite::Delete(segment_key(org, id));
+        self.inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.remove_segment(org, id)
+            })?;
+        self.remove_from_shards(org, record.engine_id).await;
+        self.inner.registry.forget_segment(org, record.engine_id);
+        Ok(())
+    }
+
+    /// Count and a sample of the customers an ad-hoc rule matches now.
+    pub async fn preview(
+        &self,
+        org: Uuid,
+        rule: Rule,
+        sample: usize,
+    ) -> Result<(u64, Vec<String>), RuntimeError> {
+        self.require_org(org)?;
+        self.ensure_fields(org, &rule, false).await?;
+        let mut count = 0;
+        let mut ids = Vec::new();
+        for shard in &self.inner.shards {
+            let (n, some) = shard
+                .send(Preview {
+                    org,
+                    rule: rule.clone(),
+                    sample,
+                })
+                .await?
+                .map_err(segment_error)?;
+            count += n;
+            ids.extend(some);
+        }
+        ids.truncate(sample);
+        Ok((count, ids))
+    }
+
+    /// Members of a segment, `limit` at a time, in a stable order.
+    pub async fn members(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>, RuntimeError> {
+        self.require_org(org)?;
+        let record = self.segment_record(org, id)?;
+        let (mut partition, mut after) = match cursor {
+            Some(c) => {
+                decode_cursor(c).ok_or_else(|| invalid("/cursor", "not a cursor of this list"))?
+            }
+            None => (0, None),
+        };
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        while (partition as usize) < self.inner.shards.len() {
+            let want = limit - items.len();
+            let (_, page) = self.inner.shards[partition as usize]
+                .send(Members {
+                    org,
+                    engine_id: record.engine_id,
+                    after,
+                    limit: want,
+                })
+                .await?;
+            let full = page.len() == want;
+            let last = page.last().map(|(row, _)| *row);
+            items.extend(page.into_iter().map(|(_, id)| id));
+            if full {
+                next_cursor = last.map(|row| encode_cursor(partition, row));
+                break;
+            }
+            partition += 1;
+            after = None;
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    pub async fn customer(&self, org: Uuid, id: &str) -> Result<CustomerInfo, RuntimeError> {
+        self.require_org(org)?;
+        let p = partition_of(org, id, self.inner.shards.len() as u32);
+        let data = self.inner.shards[p as usize]
+            .send(GetCustomer {
+                org,
+                id: id.to_string(),
+            })
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound("customer".into()))?;
+        let segments = self
+            .inner
+            .catalog
+            .with_org(org, |o| {
+                data.segments
+                    .iter()
+                    .filter_map(|e| o.by_engine_id.get(e))
+                    .filter_map(|s| o.segments.get(s))
+                    .map(|s| SegmentRef {
+                        id: s.id,
+                        name: s.name.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(CustomerInfo {
+            id: data.id,
+            attributes: data.attributes,
+            computed: data.computed,
+            segments,
+        })
+    }
+
+    // ---- webhooks ------------------------------------------------------------
+
+    fn check_webhook(&self, org: Uuid, record: &WebhookRecord) -> Result<(), RuntimeError> {
+        let url = record.url.trim();
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| invalid("/url", "the URL must start with http:// or https://"))?;
+        if rest.is_empty()
+            || rest.starts_with('/')
+            || url.len() > 2048
+            || url.contains(char::is_whitespace)
+        {
+            return Err(invalid("/url", "the URL has no host or is malformed"));
+        }
+        if record.events.is_empty() {
+            return Err(invalid("/events", "subscribe to at least one event type"));
+        }
+        for (i, e) in record.events.iter().enumerate() {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                return Err(invalid(
+                    format!("/events/{i}"),
+                    format!(
+                        "unknown event type `{e}`; known: {}",
+                        WEBHOOK_EVENTS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(segments) = &record.segments {
+            for (i, s) in segments.iter().enumerate() {
+                if self.segment_record(org, *s).is_err() {
+                    return Err(invalid(format!("/segments/{i}"), format!("no segment {s}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn create_webhook(
+        &self,
+        org: Uuid,
+        url: String,
+        events: Vec<String>,
+        segments: Option<Vec<Uuid>>,
+    ) -> Result<WebhookInfo, RuntimeError> {
+        self.require_org(org)?;
+        let at = now().to_rfc3339();
+        let record = WebhookRecord {
+            id: Uuid::now_v7(),
+            url: url.trim().to_string(),
+            events,
+            segments,
+            enabled: true,
+            disabled_reason: None,
+            secret: self.inner.ports.webhooks.new_secret()?,
+            previous_secrets: Vec::new(),
+            created_at: at.clone(),
+            updated_at: at,
+        };
+        self.check_webhook(org, &record)?;
+        let write = StateWrite::Put(webhook_key(org, record.id), encode(&record));
+        let stored = record.clone();
+        self.inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.put_webhook(org, stored)
+            })?;
+        self.start_dispatcher(org, record.id);
+        Ok(WebhookInfo::of(&record, true))
+    }
+
+    fn webhook_record(&self, org: Uuid, id: Uuid) -> Result<WebhookRecord, RuntimeError> {
+        self.require_org(org)?;
+        self.inner
+            .catalog
+            .webhook(org, id)
+            .ok_or_else(|| RuntimeError::NotFound("webhook".into()))
+    }
+
+    pub fn get_webhook(&self, org: Uuid, id: Uuid) -> Result<WebhookInfo, RuntimeError> {
+        Ok(WebhookInfo::of(&self.webhook_record(org, id)?, false))
+    }
+
+    pub fn list_webhooks(&self, org: Uuid) -> Result<Page<WebhookInfo>, RuntimeError> {
+        self.require_org(org)?;
+        let mut items: Vec<WebhookInfo> = self
+            .inner
+            .catalog
+            .with_org(org, |o| {
+                o.webhooks
+                    .values()
+                    .map(|w| WebhookInfo::of(w, false))
+                    .collect()
+            })
+            .unwrap_or_default();
+        items.sort_by_key(|w| w.id);
+        Ok(Page {
+            items,
+            next_cursor: None,
+        })
+    }
+
+    fn save_webhook(&self, org: Uuid, record: WebhookRecord) -> Result<(), RuntimeError> {
+        let write = StateWrite::Put(webhook_key(org, record.id), encode(&record));
+        let id = record.id;
+        self.inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.put_webhook(org, record)
+            })?;
+        if let Some(addr) = self.inner.registry.dispatcher(id) {
+            let _ = addr.try_send(EndpointChanged);
+        }
+        Ok(())
+    }
+
+    pub fn update_webhook(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        change: WebhookChange,
+    ) -> Result<WebhookInfo, RuntimeError> {
+        let mut record = self.webhook_record(org, id)?;
+        if let Some(url) = change.url {
+            record.url = url.trim().to_string();
+        }
+        if let Some(events) = change.events {
+            record.events = events;
+        }
+        if let Some(segments) = change.segments {
+            record.segments = segments;
+        }
+        if let Some(enabled) = change.enabled {
+            record.enabled = enabled;
+            if enabled {
+                record.disabled_reason = None;
+            }
+        }
+        self.check_webhook(org, &record)?;
+        record.updated_at = now().to_rfc3339();
+        self.save_webhook(org, record.clone())?;
+        Ok(WebhookInfo::of(&record, false))
+    }
+
+    pub fn delete_webhook(&self, org: Uuid, id: Uuid) -> Result<(), RuntimeError> {
+        self.webhook_record(org, id)?;
+        let write = StateWrite::Delete(webhook_key(org, id));
+        self.inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.remove_webhook(org, id)
+            })?;
+        if let Some(addr) = self.inner.registry.remove_dispatcher(id) {
+            let _ = addr.try_send(StopDispatcher);
+        }
+        Ok(())
+    }
+
+    /// A new secret; the old one keeps signing for 24 hours so receivers can
+    /// switch without a gap.
+    pub fn rotate_webhook_secret(&self, org: Uuid, id: Uuid) -> Result<WebhookInfo, RuntimeError> {
+        let mut record = self.webhook_record(org, id)?;
+        let at = now();
+        let old = std::mem::replace(&mut record.secret, self.inner.ports.webhooks.new_secret()?);
+        record.previous_secrets.retain(|(_, until)| *until > at.0);
+        record.previous_secrets.push((old, at.0 + 24 * 3_600_000));
+        record.updated_at = at.to_rfc3339();
+        self.save_webhook(org, record.clone())?;
+        Ok(WebhookInfo::of(&record, true))
+    }
+
+    /// Queues a `webhook.test` delivery to the endpoint.
+    pub fn test_webhook(&self, org: Uuid, id: Uuid) -> Result<String, RuntimeError> {
+        let record = self.webhook_record(org, id)?;
+        let slug = self
+            .inner
+            .catalog
+            .org(org)
+            .map(|o| o.slug)
+            .unwrap_or_default();
+        let at = now();
+        let payload = json!({
+            "type": "webhook.test",
+            "timestamp": at.to_rfc3339(),
+            "data": {"organization": slug, "endpoint": record.id},
+        });
+        let delivery = DeliveryRecord::new(id, payload, at);
+        let write = StateWrite::Put(delivery_key(org, id, &delivery.id), encode(&delivery));
+        self.inner.ports.store.commit(vec![write], true)?;
+        let delivery_id = delivery.id.clone();
+        if let Some(addr) = self.inner.registry.dispatcher(id) {
+            let _ = addr.try_send(NewDeliveries(vec![delivery]));
+        }
+        Ok(delivery_id)
+    }
+
+    /// The endpoint's deliveries, oldest first, optionally of one status.
+    pub fn deliveries(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        status: Option<DeliveryStatus>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliveryRecord>, RuntimeError> {
+        self.webhook_record(org, id)?;
+        let prefix = delivery_prefix(org, id);
+        let mut after = cursor.map(|c| delivery_key(org, id, c));
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        'pages: loop {
+            let page = self
+                .inner
+                .ports
+                .store
+                .scan(&prefix, after.as_deref(), 512)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (_, value) in page {
+                let Ok(d) = serde_json::from_slice::<DeliveryRecord>(&value) else {
+                    continue;
+                };
+                if status.is_none_or(|s| s == d.status) {
+                    items.push(d);
+                    if items.len() == limit {
+                        next_cursor = items.last().map(|d| d.id.clone());
+                        break 'pages;
+                    }
+                }
+            }
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Sends a delivery again (a dead letter, or a delivered one on request).
+    pub async fn replay_delivery(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        delivery: &str,
+    ) -> Result<(), RuntimeError> {
+        self.webhook_record(org, id)?;
+        let addr = self
+            .inner
+            .registry
+            .dispatcher(id)
+            .ok_or_else(|| RuntimeError::Internal("no dispatcher for the endpoint".into()))?;
+        if addr.send(Replay(delivery.to_string())).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotFound("delivery".into()))
+        }
+    }
+}
+
+fn encode_cursor(partition: u32, row: u32) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{partition}:{row}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(u32, Option<u32>)> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (p, r) = text.split_once(':')?;
+    Some((p.parse().ok()?, Some(r.parse().ok()?)))
+}
+
+/// Creates the bootstrap organization and keys when missing; registers keys
+/// given in the configuration that the store does not know yet.
+fn bootstrap(
+    catalog: &Catalog,
+    store: &dyn StatePort,
+    b: &Bootstrap,
+) -> Result<Generated, RuntimeError> {
+    let slug = b.org.trim();
+    if slug.is_empty()
+        || slug.len() > 64
+        || !slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(invalid(
+            "bootstrap.org",
+            "an organization slug is 1 to 64 of a-z, 0-9 and -",
+        ));
+    }
+    let mut generated = Generated::default();
+    let mut writes = Vec::new();
+    let at = now().to_rfc3339();
+    let (org, created) = match catalog.org_by_slug(slug) {
+        Some(o) => (o, false),
+        None => {
+            let o = OrgRecord {
+                id: Uuid::now_v7(),
+                slug: slug.to_string(),
+                created_at: at.clone(),
+            };
+            writes.push(StateWrite::Put(org_key(slug), encode(&o)));
+            (o, true)
+        }
+    };
+    let write_key = match (&b.write_key, created) {
+        (Some(k), _) => Some(k.clone()),
+        (None, true) => {
+            let k = random_token("wk_")?;
+            generated.write_key = Some(k.clone());
+            Some(k)
+        }
+        (None, false) => None,
+    };
+    let admin_key = match (&b.admin_api_key, created) {
+        (Some(k), _) => Some(k.clone()),
+        (None, true) => {
+            let k = random_token("xk_")?;
+            generated.admin_api_key = Some(k.clone());
+            Some(k)
+        }
+        (None, false) => None,
+    };
+    let mut key_records = Vec::new();
+    if let Some(k) = &write_key
+        && catalog.org_for_write_key(k).is_none()
+    {
+        writes.push(StateWrite::Put(write_key_key(k), encode(&org.id)));
+    }
+    if let Some(k) = &admin_key
+        && catalog.api_key(k).is_none()
+    {
+        let record = ApiKeyRecord {
+            id: Uuid::now_v7(),
+            org: org.id,
+            role: Role::Owner,
+            name: "bootstrap admin key".into(),
+            created_at: at,
+        };
+        writes.push(StateWrite::Put(api_key_key(k), encode(&record)));
+        key_records.push((k.clone(), record));
+    }
+    if writes.is_empty() {
+        return Ok(generated);
+    }
+    catalog.commit(store, writes, |c| {
+        c.put_org(org.clone());
+        if let Some(k) = &write_key {
+            c.put_write_key(k, org.id);
+        }
+        for (k, r) in key_records {
+            c.put_api_key(&k, r);
+        }
+    })?;
+    if created {
+        tracing::info!(org = %org.slug, id = %org.id, "bootstrap organization created");
+    }
+    Ok(generated)
+}

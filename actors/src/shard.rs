@@ -1,0 +1,1041 @@
+//! The shard actor: owns one partition of the event log and, for every tenant
+//! with customers in it, one engine [`Shard`].
+//!
+//! ```text
+//! facade ──Append{offsets, records}──> ShardActor ──(reorder by offset)──> Shard::apply
+//! clock  ──Tick{now}────────────────>            ──> Shard::advance_time
+//!                                        │ deltas
+//!                                        ├─> outbox: deliveries + outboxed offset, one durable commit
+//!                                        ├─> dispatchers (per endpoint): "new deliveries"
+//!                                        └─> segment actors: live counts
+//!   every few seconds: snapshot of every tenant + consumed offset, one durable commit
+//! ```
+//!
+//! Exactly-once effect: state is recovered from the last snapshot (taken at
+//! consumed offset `S`) and the log is replayed from `S`; `messageId` dedup in
+//! the engine absorbs records that were logged twice (a client retry). Deltas of
+//! records below the outboxed offset `O` were already committed to the outbox
+//! before the crash and are not produced again.
+//!
+//! A panic inside the engine is caught; the tenant's shard is rebuilt from its
+//! snapshot and the log (other tenants are not touched), and the record that
+//! panicked is skipped and logged.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde_json::{Map, Value as Json, json};
+use uuid::Uuid;
+use xeno_engine::model::{AttrType, Event};
+use xeno_engine::ports::{EventLogPort, PortError, StatePort, StateWrite};
+use xeno_engine::rule::{Rule, dsl};
+use xeno_engine::shard::{Cause, Delta, SegmentError, SegmentId, Shard, ShardConfig, Transition};
+use xeno_engine::time::Timestamp;
+
+use crate::catalog::{Catalog, delivery_key, encode, shard_key};
+use crate::dispatch::{DeliveryRecord, DeliveryStatus};
+use crate::record::{LogRecord, TenantHistory, read_range};
+use crate::registry::Registry;
+
+/// Settings of a shard actor.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardSettings {
+    pub engine: ShardConfig,
+    /// Snapshot at least this often...
+    pub snapshot_every: std::time::Duration,
+    /// ...or after this many events, whichever comes first.
+    pub snapshot_after_events: u64,
+    /// Log records older than this (by receive time) are deleted once a
+    /// snapshot covers them.
+    pub log_retention_ms: i64,
+}
+
+fn partition_key(partition: u32, what: &str) -> Vec<u8> {
+    format!("p/{partition:08}/{what}").into_bytes()
+}
+
+fn read_u64(store: &dyn StatePort, key: &[u8]) -> Result<u64, PortError> {
+    Ok(store
+        .get(key)?
+        .and_then(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+fn wall_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp(ms)
+}
+
+/// Records to apply, starting at log offset `first`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Append {
+    pub first: u64,
+    pub records: Vec<LogRecord>,
+}
+
+/// The clock: advance every tenant to `now`, flush what is due.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Tick {
+    pub now: Timestamp,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), SegmentError>")]
+pub struct AddSegment {
+    pub org: Uuid,
+    pub engine_id: u64,
+    pub rule: Rule,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), SegmentError>")]
+pub struct UpdateSegment {
+    pub org: Uuid,
+    pub engine_id: u64,
+    pub rule: Rule,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoveSegment {
+    pub org: Uuid,
+    pub engine_id: u64,
+}
+
+/// An ad-hoc rule over this partition's customers of `org`.
+#[derive(Message)]
+#[rtype(result = "Result<(u64, Vec<String>), SegmentError>")]
+pub struct Preview {
+    pub org: Uuid,
+    pub rule: Rule,
+    pub sample: usize,
+}
+
+/// Members of a segment in this partition with a dense id above `after`.
+#[derive(Message)]
+#[rtype(result = "(u64, Vec<(u32, String)>)")]
+pub struct Members {
+    pub org: Uuid,
+    pub engine_id: u64,
+    pub after: Option<u32>,
+    pub limit: usize,
+}
+
+/// A customer's attributes, computed traits and segments (engine ids).
+#[derive(Message)]
+#[rtype(result = "Option<CustomerData>")]
+pub struct GetCustomer {
+    pub org: Uuid,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerData {
+    pub id: String,
+    pub attributes: Map<String, Json>,
+    pub computed: Map<String, Json>,
+    pub segments: Vec<u64>,
+}
+
+/// The types this partition's shard of `org` knows for `names`.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, AttrType)>")]
+pub struct FieldTypes {
+    pub org: Uuid,
+    pub names: Vec<String>,
+}
+
+/// Declares attribute types on this partition's shard of `org`.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DeclareFields {
+    pub org: Uuid,
+    pub fields: Vec<(String, AttrType)>,
+}
+
+/// Takes a snapshot now (shutdown).
+#[derive(Message)]
+#[rtype(result = "Result<(), PortError>")]
+pub struct SnapshotNow;
+
+/// The shard actor. See the module docs.
+pub struct ShardActor {
+    partition: u32,
+    settings: ShardSettings,
+    log: Arc<dyn EventLogPort>,
+    store: Arc<dyn StatePort>,
+    catalog: Arc<Catalog>,
+    registry: Arc<Registry>,
+    tenants: HashMap<Uuid, Shard>,
+    /// Next log offset to apply (everything below is in `tenants`).
+    applied: u64,
+    /// Deltas of records below this offset are in the outbox already.
+    outboxed: u64,
+    /// Offset of the last durable snapshot.
+    snapshot_at: u64,
+    pending: BTreeMap<u64, Vec<LogRecord>>,
+    gap_since: Option<Instant>,
+    /// Events accepted by the facade and not yet applied (backpressure).
+    inflight: Arc<AtomicI64>,
+    /// Deltas waiting for their outbox commit.
+    deltas: Vec<(Uuid, Delta)>,
+    /// Deliveries whose commit failed; retried on the next tick.
+    unflushed: Vec<(Uuid, DeliveryRecord)>,
+    counts_changed: HashSet<(Uuid, u64)>,
+    last_snapshot: Instant,
+    events_since_snapshot: u64,
+    ready: Arc<AtomicBool>,
+}
+
+impl ShardActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        partition: u32,
+        settings: ShardSettings,
+        log: Arc<dyn EventLogPort>,
+        store: Arc<dyn StatePort>,
+        catalog: Arc<Catalog>,
+        registry: Arc<Registry>,
+        inflight: Arc<AtomicI64>,
+        ready: Arc<AtomicBool>,
+    ) -> ShardActor {
+        ShardActor {
+            partition,
+            settings,
+            log,
+            store,
+            catalog,
+            registry,
+            tenants: HashMap::new(),
+            applied: 0,
+            outboxed: 0,
+            snapshot_at: 0,
+            pending: BTreeMap::new(),
+            gap_since: None,
+            inflight,
+            deltas: Vec::new(),
+            unflushed: Vec::new(),
+            counts_changed: HashSet::new(),
+            last_snapshot: Instant::now(),
+            events_since_snapshot: 0,
+            ready,
+        }
+    }
+
+    /// Restores the last snapshot, replays the log tail and reconciles the
+    /// segments with the catalog.
+    pub fn recover(&mut self) -> Result<(), PortError> {
+        let started = Instant::now();
+        let store = self.store.clone();
+        self.snapshot_at = read_u64(&*store, &partition_key(self.partition, "snapshot"))?;
+        self.outboxed = read_u64(&*store, &partition_key(self.partition, "outboxed"))?;
+        self.applied = self.snapshot_at;
+        for org in self.catalog.org_ids() {
+            if let Some(shard) = self.load_tenant(org)? {
+                self.tenants.insert(org, shard);
+            }
+        }
+        let log = self.log.clone();
+        let mut replayed = 0u64;
+        let mut records = Vec::new();
+        read_range(
+            &*log,
+            self.partition,
+            self.applied,
+            u64::MAX,
+            &mut |offset, record| records.push((offset, record)),
+        )
+        .map_err(|e| PortError::retryable(e.0))?;
+        for (offset, record) in records {
+            if offset >= self.applied {
+                self.apply_record(offset, &record);
+                replayed += 1;
+            }
+        }
+        self.reconcile_segments();
+        self.flush();
+        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+            self.touch_all_counts(org);
+        }
+        self.publish_counts();
+        tracing::info!(
+            partition = self.partition,
+            tenants = self.tenants.len(),
+            snapshot_offset = self.snapshot_at,
+            replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shard recovered"
+        );
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The tenant's shard from its snapshot, when it has one at the partition's
+    /// snapshot offset.
+    fn load_tenant(&self, org: Uuid) -> Result<Option<Shard>, PortError> {
+        let Some(bytes) = self.store.get(&shard_key(org, self.partition))? else {
+            return Ok(None);
+        };
+        if bytes.len() < 8 {
+            return Err(PortError::permanent("a shard snapshot is truncated"));
+        }
+        match Shard::restore(&bytes[8..]) {
+            Ok(shard) => Ok(Some(shard)),
+            Err(e) => Err(PortError::permanent(format!(
+                "the snapshot of partition {} of {org} does not restore: {e}",
+                self.partition
+            ))),
+        }
+    }
+
+    fn new_tenant_shard(&self, org: Uuid) -> Shard {
+        let mut shard = Shard::new(self.settings.engine);
+        let (fields, segments) = self
+            .catalog
+            .with_org(org, |o| {
+                let fields: Vec<(String, AttrType)> =
+                    o.fields.iter().map(|(n, t)| (n.clone(), *t)).collect();
+                let segments: Vec<(u64, String)> = o
+                    .segments
+                    .values()
+                    .map(|s| (s.engine_id, s.rule.clone()))
+                    .collect();
+                (fields, segments)
+            })
+            .unwrap_or_default();
+        for (name, ty) in fields {
+            if let Err(e) = shard.declare_field(&name, ty) {
+                tracing::error!(org = %org, field = %name, error = %e, "declaring a tenant field failed");
+            }
+        }
+        let no_history: &[Event] = &[];
+        let mut ignored = Vec::new();
+        for (engine_id, text) in segments {
+            match dsl::parse(&text) {
+                Ok(rule) => {
+                    if let Err(e) =
+                        shard.add_segment(SegmentId(engine_id), rule, &no_history, &mut ignored)
+                    {
+                        tracing::error!(org = %org, engine_id, error = %e, "segment does not compile for a new tenant shard");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(org = %org, engine_id, error = %e, "stored segment rule does not parse")
+                }
+            }
+        }
+        shard
+    }
+
+    /// Makes every tenant's segments match the catalog (after a crash between a
+    /// catalog write and the shards, or the other way round).
+    fn reconcile_segments(&mut self) {
+        let orgs: Vec<Uuid> = self.tenants.keys().copied().collect();
+        for org in orgs {
+            let wanted: Vec<(u64, String)> = self
+                .catalog
+                .with_org(org, |o| {
+                    o.segments
+                        .values()
+                        .map(|s| (s.engine_id, s.rule.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let history = TenantHistory {
+                log: &*self.log,
+                partition: self.partition,
+                org,
+                until: self.applied,
+            };
+            let shard = self.tenants.get_mut(&org).expect("listed above");
+            let mut deltas = Vec::new();
+            let wanted_ids: HashSet<u64> = wanted.iter().map(|(id, _)| *id).collect();
+            for (engine_id, text) in wanted {
+                let Ok(rule) = dsl::parse(&text) else {
+                    continue;
+                };
+                let id = SegmentId(engine_id);
+                let result = match shard.segment_rule(id) {
+                    None => shard.add_segment(id, rule, &history, &mut deltas),
+                    Some((current, _)) if *current != rule => shard
+                        .update_segment(id, rule, &history, &mut deltas)
+                        .map(|_| ()),
+                    Some(_) => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::error!(org = %org, engine_id, error = %e, "segment reconciliation failed");
+                }
+            }
+            let extra: Vec<SegmentId> = shard
+                .segment_ids()
+                .filter(|id| !wanted_ids.contains(&id.0))
+                .collect();
+            for id in extra {
+                let _ = shard.remove_segment(id);
+            }
+            self.deltas.extend(deltas.into_iter().map(|d| (org, d)));
+        }
+    }
+
+    fn tenant(&mut self, org: Uuid) -> &mut Shard {
+        if !self.tenants.contains_key(&org) {
+            let shard = self.new_tenant_shard(org);
+            self.tenants.insert(org, shard);
+        }
+        self.tenants.get_mut(&org).expect("inserted above")
+    }
+
+    /// Applies the record at `offset`; its deltas are queued for the outbox
+    /// unless they are there already.
+    fn apply_record(&mut self, offset: u64, record: &LogRecord) {
+        debug_assert_eq!(offset, self.applied, "records apply in log order");
+        let emit = offset >= self.outboxed;
+        let org = record.org;
+        let shard = self.tenant(org);
+        let now = shard.now().max(record.received_at);
+        let mut out = Vec::new();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            shard.advance_time(now, &mut out);
+            shard.apply(&record.event, now, &mut out)
+        }));
+        match result {
+            Ok(Ok(applied)) => {
+                if !applied.rejected.is_empty() {
+                    metrics::counter!("xeno_fields_rejected_total")
+                        .increment(applied.rejected.len() as u64);
+                }
+                if applied.duplicate {
+                    metrics::counter!("xeno_events_duplicate_total").increment(1);
+                }
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("xeno_events_refused_total").increment(1);
+                tracing::warn!(partition = self.partition, offset, org = %org, error = %e, "logged event refused by the engine");
+            }
+            Err(_) => {
+                out.clear();
+                self.recover_tenant_after_panic(org, offset);
+            }
+        }
+        self.applied = offset + 1;
+        self.events_since_snapshot += 1;
+        if emit {
+            self.deltas.extend(out.into_iter().map(|d| (org, d)));
+        }
+    }
+
+    /// Rebuilds one tenant from its snapshot and the log up to `poison`, which
+    /// is skipped.
+    fn recover_tenant_after_panic(&mut self, org: Uuid, poison: u64) {
+        metrics::counter!("xeno_actor_panics_total", "actor" => "shard").increment(1);
+        tracing::error!(partition = self.partition, org = %org, offset = poison, "engine panicked; rebuilding the tenant's shard and skipping the event");
+        self.tenants.remove(&org);
+        let mut shard = match self.load_tenant(org) {
+            Ok(Some(shard)) => shard,
+            Ok(None) => self.new_tenant_shard(org),
+            Err(e) => {
+                tracing::error!(org = %org, error = %e, "tenant snapshot unreadable; rebuilding from the log only");
+                self.new_tenant_shard(org)
+            }
+        };
+        let mut ignored = Vec::new();
+        let log = self.log.clone();
+        let replay = read_range(
+            &*log,
+            self.partition,
+            self.snapshot_at,
+            poison,
+            &mut |_, record| {
+                if record.org == org {
+                    let now = shard.now().max(record.received_at);
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        shard.advance_time(now, &mut ignored);
+                        let _ = shard.apply(&record.event, now, &mut ignored);
+                    }));
+                    ignored.clear();
+                }
+            },
+        );
+        if let Err(e) = replay {
+            tracing::error!(org = %org, error = %e, "log replay for a panicked tenant failed");
+        }
+        self.tenants.insert(org, shard);
+    }
+
+    /// Applies what is contiguous in the reorder buffer.
+    fn drain_pending(&mut self) {
+        while let Some(entry) = self.pending.first_entry() {
+            let first = *entry.key();
+            if first > self.applied {
+                self.gap_since.get_or_insert_with(Instant::now);
+                return;
+            }
+            let records = entry.remove();
+            let count = records.len() as i64;
+            for (i, record) in records.iter().enumerate() {
+                let offset = first + i as u64;
+                if offset >= self.applied {
+                    self.apply_record(offset, record);
+                }
+            }
+            self.inflight.fetch_sub(count, Ordering::AcqRel);
+        }
+        self.gap_since = None;
+    }
+
+    /// Reads from the log a range whose `Append` never came (its request was
+    /// cancelled between the append and the send).
+    fn repair_gap(&mut self) {
+        let Some(&next) = self.pending.keys().next() else {
+            self.gap_since = None;
+            return;
+        };
+        let mut records = Vec::new();
+        let log = self.log.clone();
+        if let Err(e) = read_range(&*log, self.partition, self.applied, next, &mut |o, r| {
+            records.push((o, r))
+        }) {
+            tracing::error!(partition = self.partition, error = %e, "reading a log gap failed");
+            return;
+        }
+        tracing::warn!(
+            partition = self.partition,
+            from = self.applied,
+            to = next,
+            "applying a log range read back after a lost hand-off"
+        );
+        for (offset, record) in records {
+            if offset == self.applied {
+                self.apply_record(offset, &record);
+            }
+        }
+        self.drain_pending();
+    }
+
+    /// Turns queued deltas into outbox deliveries, commits them with the
+    /// outboxed offset, then tells the dispatchers.
+    fn flush(&mut self) {
+        let deltas = std::mem::take(&mut self.deltas);
+        let mut deliveries = std::mem::take(&mut self.unflushed);
+        let now = wall_now();
+        for (org, delta) in deltas {
+            self.counts_changed.insert((org, delta.segment.0));
+            if delta.cause == Cause::Backfill {
+                continue;
+            }
+            let event_type = match delta.transition {
+                Transition::Entered => "segment.entered",
+                Transition::Exited => "segment.exited",
+            };
+            let Some((slug, segment, endpoints)) = self
+                .catalog
+                .with_org(org, |o| {
+                    let segment_id = *o.by_engine_id.get(&delta.segment.0)?;
+                    let segment = o.segments.get(&segment_id)?;
+                    let endpoints: Vec<Uuid> = o
+                        .webhooks
+                        .values()
+                        .filter(|w| w.wants(event_type, segment_id))
+                        .map(|w| w.id)
+                        .collect();
+                    Some((
+                        o.record.slug.clone(),
+                        json!({"id": segment_id, "name": segment.name}),
+                        endpoints,
+                    ))
+                })
+                .flatten()
+            else {
+                continue;
+            };
+            if endpoints.is_empty() {
+                continue;
+            }
+            let customer = self.customer_json(org, delta.customer);
+            let payload = json!({
+                "type": event_type,
+                "timestamp": now.to_rfc3339(),
+                "data": {
+                    "organization": slug,
+                    "segment": segment,
+                    "customer": customer,
+                    "transition": delta.transition,
+                    "at": delta.at.to_rfc3339(),
+                    "cause": delta.cause,
+                }
+            });
+            for endpoint in endpoints {
+                deliveries.push((org, DeliveryRecord::new(endpoint, payload.clone(), now)));
+            }
+        }
+        if deliveries.is_empty() {
+            return;
+        }
+        let mut writes: Vec<StateWrite> = deliveries
+            .iter()
+            .map(|(org, d)| StateWrite::Put(delivery_key(*org, d.endpoint, &d.id), encode(d)))
+            .collect();
+        writes.push(StateWrite::Put(
+            partition_key(self.partition, "outboxed"),
+            self.applied.to_be_bytes().to_vec(),
+        ));
+        let started = Instant::now();
+        match self.store.commit(writes, true) {
+            Ok(()) => {
+                metrics::histogram!("xeno_outbox_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("xeno_webhook_deliveries_created_total")
+                    .increment(deliveries.len() as u64);
+                self.outboxed = self.applied;
+                self.registry.notify_dispatchers(deliveries);
+            }
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "outbox commit failed; retrying on the next tick");
+                self.unflushed = deliveries;
+            }
+        }
+    }
+
+    fn customer_json(&self, org: Uuid, row: u32) -> Json {
+        let Some(shard) = self.tenants.get(&org) else {
+            return Json::Null;
+        };
+        let Some(id) = shard.customer_id(row) else {
+            return Json::Null;
+        };
+        match customer_data(shard, id) {
+            Some(c) => {
+                let mut traits = c.attributes;
+                traits.insert("computed".into(), Json::Object(c.computed));
+                json!({"id": c.id, "traits": traits})
+            }
+            None => json!({"id": id}),
+        }
+    }
+
+    fn touch_all_counts(&mut self, org: Uuid) {
+        if let Some(shard) = self.tenants.get(&org) {
+            for id in shard.segment_ids() {
+                self.counts_changed.insert((org, id.0));
+            }
+        }
+    }
+
+    fn publish_counts(&mut self) {
+        for (org, engine_id) in std::mem::take(&mut self.counts_changed) {
+            let count = self
+                .tenants
+                .get(&org)
+                .and_then(|s| s.members(SegmentId(engine_id)))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            self.registry
+                .publish_count(org, engine_id, self.partition, count);
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let due = self.last_snapshot.elapsed() >= self.settings.snapshot_every
+            || self.events_since_snapshot >= self.settings.snapshot_after_events;
+        if due
+            && self.applied > self.snapshot_at
+            && let Err(e) = self.snapshot()
+        {
+            tracing::error!(partition = self.partition, error = %e, "snapshot failed; the log keeps everything since the last one");
+        }
+    }
+
+    /// Writes every tenant's state and the consumed offset in one durable
+    /// commit, then applies log retention.
+    fn snapshot(&mut self) -> Result<(), PortError> {
+        if !self.unflushed.is_empty() || !self.deltas.is_empty() {
+            self.flush();
+            if !self.unflushed.is_empty() {
+                return Err(PortError::retryable("the outbox is not committed yet"));
+            }
+        }
+        let started = Instant::now();
+        let mut writes = Vec::with_capacity(self.tenants.len() + 2);
+        let mut bytes_total = 0usize;
+        for (org, shard) in &self.tenants {
+            let snapshot = shard
+                .snapshot()
+                .map_err(|e| PortError::permanent(e.to_string()))?;
+            let mut value = Vec::with_capacity(8 + snapshot.len());
+            value.extend_from_slice(&self.applied.to_be_bytes());
+            value.extend_from_slice(&snapshot);
+            bytes_total += value.len();
+            writes.push(StateWrite::Put(shard_key(*org, self.partition), value));
+        }
+        let offset = self.applied;
+        writes.push(StateWrite::Put(
+            partition_key(self.partition, "snapshot"),
+            offset.to_be_bytes().to_vec(),
+        ));
+        let now = wall_now();
+        writes.push(StateWrite::Put(
+            partition_key(self.partition, &format!("checkpoint/{:020}", now.0.max(0))),
+            offset.to_be_bytes().to_vec(),
+        ));
+        self.store.commit(writes, true)?;
+        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+            self.touch_all_counts(org);
+        }
+        self.publish_counts();
+        self.snapshot_at = offset;
+        self.last_snapshot = Instant::now();
+        self.events_since_snapshot = 0;
+        metrics::histogram!("xeno_snapshot_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            partition = self.partition,
+            offset,
+            bytes = bytes_total,
+            "snapshot written"
+        );
+        self.apply_retention(now);
+        Ok(())
+    }
+
+    /// Deletes log records older than the retention that a snapshot covers:
+    /// the newest checkpoint older than the retention tells up to where.
+    fn apply_retention(&mut self, now: Timestamp) {
+        let prefix = partition_key(self.partition, "checkpoint/");
+        let Ok(checkpoints) = self.store.scan(&prefix, None, 10_000) else {
+            return;
+        };
+        let horizon = now.0.saturating_sub(self.settings.log_retention_ms);
+        let mut cut = None;
+        let mut obsolete = Vec::new();
+        for (key, value) in &checkpoints {
+            let at: i64 = std::str::from_utf8(&key[prefix.len()..])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(i64::MAX);
+            if at > horizon {
+                break;
+            }
+            cut = Some(value.clone());
+            obsolete.push(key.clone());
+        }
+        let Some(cut) = cut.and_then(|v| v.get(..8).and_then(|b| b.try_into().ok())) else {
+            return;
+        };
+        let before = u64::from_be_bytes(cut).min(self.snapshot_at);
+        match self.log.truncate_before(self.partition, before) {
+            Ok(deleted) => {
+                // Keep the checkpoint that marks the cut; drop older ones.
+                obsolete.pop();
+                let _ = self.store.commit(
+                    obsolete.into_iter().map(StateWrite::Delete).collect(),
+                    false,
+                );
+                if deleted > 0 {
+                    tracing::info!(
+                        partition = self.partition,
+                        before,
+                        deleted,
+                        "log retention applied"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "log retention failed")
+            }
+        }
+    }
+
+    fn history(&self, org: Uuid) -> TenantHistory<'_> {
+        TenantHistory {
+            log: &*self.log,
+            partition: self.partition,
+            org,
+            until: self.applied,
+        }
+    }
+
+    /// Runs a segment change on one tenant with panic isolation.
+    fn segment_change(
+        &mut self,
+        org: Uuid,
+        change: impl FnOnce(&mut Shard, &TenantHistory<'_>, &mut Vec<Delta>) -> Result<(), SegmentError>,
+    ) -> Result<(), SegmentError> {
+        self.tenant(org);
+        let mut shard = self.tenants.remove(&org).expect("created above");
+        let mut out = Vec::new();
+        let history = TenantHistory {
+            log: &*self.log,
+            partition: self.partition,
+            org,
+            until: self.applied,
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| change(&mut shard, &history, &mut out)));
+        self.tenants.insert(org, shard);
+        match result {
+            Ok(r) => {
+                self.deltas.extend(out.into_iter().map(|d| (org, d)));
+                self.flush();
+                self.publish_counts();
+                r
+            }
+            Err(_) => {
+                self.recover_tenant_after_panic(org, self.applied);
+                Err(SegmentError::History(xeno_engine::ports::HistoryError(
+                    "the engine failed on this segment; the tenant was restored".into(),
+                )))
+            }
+        }
+    }
+}
+
+/// A customer's data from a shard, values as JSON.
+pub fn customer_data(shard: &Shard, id: &str) -> Option<CustomerData> {
+    let view = shard.customer(id)?;
+    Some(CustomerData {
+        id: view.id,
+        attributes: view
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, v.to_json()))
+            .collect(),
+        computed: view
+            .computed
+            .into_iter()
+            .map(|(k, v)| (k, v.to_json()))
+            .collect(),
+        segments: view.segments.into_iter().map(|s| s.0).collect(),
+    })
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if let Err(e) = self.snapshot() {
+            tracing::warn!(partition = self.partition, error = %e, "final snapshot failed");
+        }
+        Running::Stop
+    }
+}
+
+impl Handler<Append> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Append, _: &mut Self::Context) {
+        let started = Instant::now();
+        let count = msg.records.len() as u64;
+        if msg.first + count <= self.applied {
+            // Already applied (read back from the log after a gap).
+            self.inflight.fetch_sub(count as i64, Ordering::AcqRel);
+            return;
+        }
+        self.pending.insert(msg.first, msg.records);
+        self.drain_pending();
+        self.flush();
+        self.publish_counts();
+        metrics::counter!("xeno_events_applied_total").increment(count);
+        metrics::histogram!("xeno_shard_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("xeno_log_lag_events", "partition" => self.partition.to_string())
+            .set(self.inflight.load(Ordering::Relaxed) as f64);
+    }
+}
+
+impl Handler<Tick> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Tick, _: &mut Self::Context) {
+        if self
+            .gap_since
+            .is_some_and(|since| since.elapsed() > std::time::Duration::from_secs(2))
+        {
+            self.repair_gap();
+        }
+        let orgs: Vec<Uuid> = self.tenants.keys().copied().collect();
+        for org in orgs {
+            let shard = self.tenants.get_mut(&org).expect("listed above");
+            if shard.next_deadline().is_none_or(|d| d > msg.now) {
+                continue;
+            }
+            let mut out = Vec::new();
+            let now = shard.now().max(msg.now);
+            let result = catch_unwind(AssertUnwindSafe(|| shard.advance_time(now, &mut out)));
+            match result {
+                Ok(()) => self.deltas.extend(out.into_iter().map(|d| (org, d))),
+                Err(_) => self.recover_tenant_after_panic(org, self.applied),
+            }
+        }
+        self.flush();
+        self.publish_counts();
+        self.maybe_snapshot();
+    }
+}
+
+impl Handler<AddSegment> for ShardActor {
+    type Result = Result<(), SegmentError>;
+
+    fn handle(&mut self, msg: AddSegment, _: &mut Self::Context) -> Self::Result {
+        let id = SegmentId(msg.engine_id);
+        self.segment_change(msg.org, |shard, history, out| {
+            if shard.segment_rule(id).is_some() {
+                // Replayed creation (a retry): make it the given rule.
+                shard.update_segment(id, msg.rule, history, out).map(|_| ())
+            } else {
+                shard.add_segment(id, msg.rule, history, out)
+            }
+        })
+    }
+}
+
+impl Handler<UpdateSegment> for ShardActor {
+    type Result = Result<(), SegmentError>;
+
+    fn handle(&mut self, msg: UpdateSegment, _: &mut Self::Context) -> Self::Result {
+        let id = SegmentId(msg.engine_id);
+        self.segment_change(msg.org, |shard, history, out| {
+            if shard.segment_rule(id).is_some() {
+                shard.update_segment(id, msg.rule, history, out).map(|_| ())
+            } else {
+                shard.add_segment(id, msg.rule, history, out)
+            }
+        })
+    }
+}
+
+impl Handler<RemoveSegment> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoveSegment, _: &mut Self::Context) {
+        if let Some(shard) = self.tenants.get_mut(&msg.org) {
+            let _ = shard.remove_segment(SegmentId(msg.engine_id));
+        }
+        self.registry
+            .publish_count(msg.org, msg.engine_id, self.partition, 0);
+    }
+}
+
+impl Handler<Preview> for ShardActor {
+    type Result = Result<(u64, Vec<String>), SegmentError>;
+
+    fn handle(&mut self, msg: Preview, _: &mut Self::Context) -> Self::Result {
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            // No customer here yet: validate the rule on an empty shard.
+            let empty = Shard::new(self.settings.engine);
+            let no_history: &[Event] = &[];
+            empty.preview(&msg.rule, 0, &no_history)?;
+            return Ok((0, Vec::new()));
+        };
+        let history = self.history(msg.org);
+        let preview = catch_unwind(AssertUnwindSafe(|| {
+            shard.preview(&msg.rule, msg.sample, &history)
+        }))
+        .map_err(|_| {
+            SegmentError::History(xeno_engine::ports::HistoryError(
+                "the engine failed on this rule".into(),
+            ))
+        })??;
+        let sample = preview
+            .sample
+            .iter()
+            .filter_map(|row| shard.customer_id(*row).map(str::to_string))
+            .collect();
+        Ok((preview.count, sample))
+    }
+}
+
+impl Handler<Members> for ShardActor {
+    type Result = MessageResult<Members>;
+
+    fn handle(&mut self, msg: Members, _: &mut Self::Context) -> Self::Result {
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            return MessageResult((0, Vec::new()));
+        };
+        let Some(members) = shard.members(SegmentId(msg.engine_id)) else {
+            return MessageResult((0, Vec::new()));
+        };
+        let from = msg.after.map(|a| a.saturating_add(1)).unwrap_or(0);
+        let page = members
+            .range(from..)
+            .take(msg.limit)
+            .filter_map(|row| shard.customer_id(row).map(|id| (row, id.to_string())))
+            .collect();
+        MessageResult((members.len(), page))
+    }
+}
+
+impl Handler<GetCustomer> for ShardActor {
+    type Result = Option<CustomerData>;
+
+    fn handle(&mut self, msg: GetCustomer, _: &mut Self::Context) -> Self::Result {
+        customer_data(self.tenants.get(&msg.org)?, &msg.id)
+    }
+}
+
+impl Handler<FieldTypes> for ShardActor {
+    type Result = MessageResult<FieldTypes>;
+
+    fn handle(&mut self, msg: FieldTypes, _: &mut Self::Context) -> Self::Result {
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            return MessageResult(Vec::new());
+        };
+        MessageResult(
+            msg.names
+                .into_iter()
+                .filter_map(|name| {
+                    let ty = shard.schema().get(&name).map(|(_, def)| def.ty)?;
+                    Some((name, ty))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Handler<DeclareFields> for ShardActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: DeclareFields, _: &mut Self::Context) -> Self::Result {
+        let shard = self.tenant(msg.org);
+        for (name, ty) in msg.fields {
+            shard
+                .declare_field(&name, ty)
+                .map_err(|e| format!("`{name}`: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Handler<SnapshotNow> for ShardActor {
+    type Result = Result<(), PortError>;
+
+    fn handle(&mut self, _: SnapshotNow, _: &mut Self::Context) -> Self::Result {
+        self.snapshot()
+    }
+}
+
+/// How a delivery starts its life.
+impl DeliveryRecord {
+    pub fn new(endpoint: Uuid, payload: Json, now: Timestamp) -> DeliveryRecord {
+        DeliveryRecord {
+            id: format!("msg_{}", Uuid::now_v7().simple()),
+            endpoint,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status: None,
+            next_attempt_at: Some(now.0),
+            created_at: now.to_rfc3339(),
+            payload,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The HTTP API: Segment-compatible ingest under `/v1`, the management API
+//! under `/api/v1/orgs/{org}`, and the operational routes (`/healthz`,
+//! `/readyz`, `/metrics`).
+
+pub mod customers;
+pub mod ingest;
+pub mod openapi;
+pub mod ops;
+pub mod problem;
+pub mod segments;
+pub mod webhooks;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+use xeno_actors::Runtime;
+use xeno_actors::catalog::Role;
+
+use problem::Problem;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Runtime,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    let org_routes = Router::new()
+        .route("/segments", get(segments::list).post(segments::create))
+        .route("/segments/preview", post(segments::preview))
+        .route(
+            "/segments/{id}",
+            get(segments::get)
+                .put(segments::update)
+                .delete(segments::delete),
+        )
+        .route("/segments/{id}/members", get(segments::members))
+        .route("/customers/{id}", get(customers::get))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get)
+                .put(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/webhooks/{id}/test", post(webhooks::test))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery}/replay",
+            post(webhooks::replay),
+        );
+    Router::new()
+        .route("/v1/{endpoint}", post(ingest::ingest))
+        .nest("/api/v1/orgs/{org}", org_routes)
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
+/// How much a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// Checks the bearer key against the organization in the path and returns the
+/// organization's id. A key of another organization gets the same 404 as an
+/// unknown organization, so org slugs cannot be probed.
+pub fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    slug: &str,
+    access: Access,
+) -> Result<Uuid, Problem> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
+    let key = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <key>`"))?;
+    let principal = state
+        .runtime
+        .principal(key)
+        .ok_or_else(|| Problem::unauthorized("the API key is not valid"))?;
+    let org = state
+        .runtime
+        .org_by_slug(slug)
+        .filter(|o| o.id == principal.org)
+        .ok_or_else(|| Problem::not_found("organization"))?;
+    if access == Access::Write && principal.role == Role::Viewer {
+        return Err(Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "this API key may only read",
+        ));
+    }
+    Ok(org.id)
+}
+
+/// Parses a JSON body into `T`, with a problem naming what is wrong.
+pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(Problem::bad_body)
+}
+
+/// Parses a path id.
+pub fn path_id(text: &str, what: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(text).map_err(|_| Problem::not_found(what))
+}
+
+/// `limit` of a list: 1 to 1000, 100 by default.
+pub fn page_limit(limit: Option<usize>) -> Result<usize, Problem> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=1000).contains(&n) => Ok(n),
+        Some(_) => Err(Problem::field(
+            axum::http::StatusCode::BAD_REQUEST,
+            "/limit",
+            "limit must be 1 to 1000",
+        )),
+    }
+}
