@@ -384,11 +384,23 @@ impl Runtime {
                 _ => tracing::warn!("a shard did not answer the final snapshot"),
             }
         }
-        if let Ok(arbiters) = self.inner.arbiters.lock() {
-            for arbiter in arbiters.iter() {
-                arbiter.stop();
-            }
+        let arbiters = self
+            .inner
+            .arbiters
+            .lock()
+            .map(|mut a| std::mem::take(&mut *a))
+            .unwrap_or_default();
+        for arbiter in &arbiters {
+            arbiter.stop();
         }
+        // Wait for the actors to drop their ports, so the storage is closed
+        // when this returns.
+        let _ = tokio::task::spawn_blocking(move || {
+            for arbiter in arbiters {
+                let _ = arbiter.join();
+            }
+        })
+        .await;
     }
 
     // ---- authentication ------------------------------------------------------

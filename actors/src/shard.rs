@@ -247,21 +247,19 @@ impl ShardActor {
         }
         let log = self.log.clone();
         let mut replayed = 0u64;
-        let mut records = Vec::new();
         read_range(
             &*log,
             self.partition,
             self.applied,
             u64::MAX,
-            &mut |offset, record| records.push((offset, record)),
+            &mut |offset, record| {
+                if offset >= self.applied {
+                    self.apply_record(offset, &record);
+                    replayed += 1;
+                }
+            },
         )
         .map_err(|e| PortError::retryable(e.0))?;
-        for (offset, record) in records {
-            if offset >= self.applied {
-                self.apply_record(offset, &record);
-                replayed += 1;
-            }
-        }
         self.reconcile_segments();
         self.flush();
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {

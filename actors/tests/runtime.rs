@@ -1,0 +1,389 @@
+//! The runtime on the real embedded log and store, in process: events reach
+//! the shards and segments; deliveries carry stable ids through retries; a
+//! restart recovers state from the snapshot and the log without applying an
+//! event twice or re-sending delivered webhooks.
+//!
+//! The webhook port here is a recording endpoint in process (the HTTP sender
+//! and real receivers are covered by the gateway's end-to-end tests).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+use xeno_actors::dispatch::{DeliveryStatus, DispatchSettings};
+use xeno_actors::shard::ShardSettings;
+use xeno_actors::{Bootstrap, Ports, Runtime, RuntimeError, RuntimeSettings, parse_rule};
+use xeno_connectors::embedded::{EventLog, StateStore};
+use xeno_engine::model::Event;
+use xeno_engine::ports::{PortError, WebhookOutcome, WebhookPort, WebhookRequest};
+use xeno_engine::shard::ShardConfig;
+use xeno_engine::time::{Duration as EngineDuration, Timestamp};
+
+/// Records every request and answers with the scripted statuses, then 200.
+#[derive(Default)]
+struct Recorder {
+    requests: Mutex<Vec<WebhookRequest>>,
+    script: Mutex<VecDeque<u16>>,
+}
+
+impl WebhookPort for Recorder {
+    fn new_secret(&self) -> Result<String, PortError> {
+        Ok("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())
+    }
+
+    fn send(
+        &self,
+        request: WebhookRequest,
+    ) -> Pin<Box<dyn Future<Output = WebhookOutcome> + Send + 'static>> {
+        let status = self.script.lock().unwrap().pop_front().unwrap_or(200);
+        self.requests.lock().unwrap().push(request);
+        Box::pin(async move { WebhookOutcome::Status(status) })
+    }
+}
+
+impl Recorder {
+    fn bodies(&self) -> Vec<(String, Value)> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.id.clone(), serde_json::from_slice(&r.body).unwrap()))
+            .collect()
+    }
+}
+
+fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        shard: ShardSettings {
+            engine: ShardConfig {
+                tick: EngineDuration(100),
+                dedup_window: EngineDuration(24 * 3_600_000),
+            },
+            snapshot_every: Duration::from_secs(3600),
+            snapshot_after_events: 1_000_000,
+            log_retention_ms: 7 * 24 * 3_600_000,
+        },
+        dispatch: DispatchSettings {
+            first_retry: Duration::from_millis(50),
+            max_attempts: 3,
+            ..DispatchSettings::default()
+        },
+        tick: Duration::from_millis(50),
+        max_inflight_per_partition: 100_000,
+        bootstrap: Some(Bootstrap {
+            org: "demo".into(),
+            write_key: Some("wk_test".into()),
+            admin_api_key: Some("xk_test".into()),
+        }),
+    }
+}
+
+fn start(dir: &Path, recorder: Arc<Recorder>, settings: RuntimeSettings) -> Runtime {
+    let ports = Ports {
+        log: Arc::new(EventLog::open(&dir.join("log"), 3).unwrap()),
+        store: Arc::new(StateStore::open(&dir.join("state")).unwrap()),
+        webhooks: recorder,
+    };
+    let (runtime, _) = Runtime::start(settings, ports, xeno_actors::clock::wall_clock()).unwrap();
+    runtime
+}
+
+fn now() -> Timestamp {
+    xeno_actors::clock::wall_clock()()
+}
+
+async fn eventually<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
+fn orders(customers: usize, per_customer: usize, at: Timestamp) -> Vec<Event> {
+    (0..customers)
+        .flat_map(|c| {
+            (0..per_customer).map(move |i| {
+                Event::track(
+                    format!("m-{c}-{i}"),
+                    format!("c{c}"),
+                    at,
+                    "Order Completed",
+                    json!({"revenue": 10 + i}),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn events_flow_to_segments_and_webhooks_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    let (org, segment) = system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime
+            .org_for_write_key("wk_test")
+            .expect("bootstrap write key");
+        assert_eq!(runtime.principal("xk_test").unwrap().org, org);
+        assert!(runtime.principal("wk_test").is_none());
+
+        let rule = parse_rule(&json!("order_count >= 3")).unwrap();
+        let segment = runtime.create_segment(org, "loyal", rule).await.unwrap();
+        runtime
+            .create_webhook(
+                org,
+                "http://127.0.0.1:9/hook".into(),
+                vec!["segment.entered".into()],
+                None,
+            )
+            .unwrap();
+
+        // 20 customers with 3 orders each, sent twice (a client retry).
+        let batch = orders(20, 3, now());
+        runtime.ingest(org, batch.clone(), now()).await.unwrap();
+        runtime.ingest(org, batch, now()).await.unwrap();
+
+        let info = eventually(async || {
+            let s = runtime.get_segment(org, segment.id).await.unwrap();
+            (s.member_count == 20).then_some(s)
+        })
+        .await;
+        assert_eq!(info.version, 1);
+        let customer = runtime.customer(org, "c7").await.unwrap();
+        assert_eq!(customer.computed["order_count"], json!(3.0));
+        assert_eq!(customer.computed["total_spend"], json!(33.0));
+        assert_eq!(customer.segments[0].id, segment.id);
+
+        let delivered = eventually(async || {
+            let b = recorder.bodies();
+            (b.len() == 20).then_some(b)
+        })
+        .await;
+        for (id, body) in &delivered {
+            assert!(id.starts_with("msg_"));
+            assert_eq!(body["type"], "segment.entered");
+            assert_eq!(body["data"]["organization"], "demo");
+            assert_eq!(body["data"]["segment"]["id"], json!(segment.id));
+            assert_eq!(
+                body["data"]["customer"]["traits"]["computed"]["order_count"],
+                json!(3.0)
+            );
+        }
+
+        // Members page through every customer exactly once.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = runtime
+                .members(org, segment.id, cursor.as_deref(), 7)
+                .await
+                .unwrap();
+            seen.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 20);
+        let (count, sample) = runtime
+            .preview(org, parse_rule(&json!("total_spend > 32")).unwrap(), 5)
+            .await
+            .unwrap();
+        assert_eq!((count, sample.len()), (20, 5));
+
+        // More events after the last periodic snapshot.
+        runtime
+            .ingest(org, orders(5, 4, now()), now())
+            .await
+            .unwrap();
+        eventually(async || {
+            let c = runtime.customer(org, "c1").await.ok()?;
+            (c.computed["order_count"] == json!(4.0)).then_some(())
+        })
+        .await;
+        runtime.shutdown().await;
+        (org, segment)
+    });
+    drop(system);
+    let sent_before = recorder.bodies().len();
+
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let c1 = runtime.customer(org, "c1").await.unwrap();
+        assert_eq!(
+            c1.computed["order_count"],
+            json!(4.0),
+            "replayed exactly once"
+        );
+        let c9 = runtime.customer(org, "c9").await.unwrap();
+        assert_eq!(c9.computed["order_count"], json!(3.0));
+        let info = runtime.get_segment(org, segment.id).await.unwrap();
+        assert_eq!(info.member_count, 20);
+        // The same events again after the restart: deduplicated.
+        runtime
+            .ingest(org, orders(20, 3, now()), now())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c9 = runtime.customer(org, "c9").await.unwrap();
+        assert_eq!(c9.computed["order_count"], json!(3.0));
+        runtime.shutdown().await;
+    });
+    assert_eq!(
+        recorder.bodies().len(),
+        sent_before,
+        "no entered webhook is sent again for members that entered before the restart"
+    );
+}
+
+#[test]
+fn retries_keep_the_webhook_id_dead_letters_replay_and_410_disables() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    // First delivery: 500, 503, then dead after 3 attempts; replayed: 200.
+    recorder.script.lock().unwrap().extend([500, 503, 500]);
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let hook = runtime
+            .create_webhook(
+                org,
+                "http://127.0.0.1:9/hook".into(),
+                vec!["segment.entered".into(), "segment.exited".into()],
+                None,
+            )
+            .unwrap();
+        assert!(hook.secret.unwrap().starts_with("whsec_"));
+        runtime
+            .create_segment(
+                org,
+                "buyers",
+                parse_rule(&json!("order_count >= 1")).unwrap(),
+            )
+            .await
+            .unwrap();
+        runtime
+            .ingest(org, orders(1, 1, now()), now())
+            .await
+            .unwrap();
+
+        let dead = eventually(async || {
+            let page = runtime
+                .deliveries(org, hook.id, Some(DeliveryStatus::Dead), None, 10)
+                .ok()?;
+            (page.items.len() == 1).then(|| page.items[0].clone())
+        })
+        .await;
+        assert_eq!(dead.attempts, 3);
+        assert_eq!(dead.last_status.as_deref(), Some("500"));
+        let ids: Vec<String> = recorder.bodies().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(
+            ids,
+            vec![dead.id.clone(); 3],
+            "every attempt carries the same webhook-id"
+        );
+
+        runtime
+            .replay_delivery(org, hook.id, &dead.id)
+            .await
+            .unwrap();
+        eventually(async || {
+            let page = runtime
+                .deliveries(org, hook.id, Some(DeliveryStatus::Delivered), None, 10)
+                .ok()?;
+            (page.items.len() == 1 && page.items[0].id == dead.id).then_some(())
+        })
+        .await;
+        assert!(matches!(
+            runtime.replay_delivery(org, hook.id, "msg_unknown").await,
+            Err(RuntimeError::NotFound(_))
+        ));
+
+        // 410: the endpoint is disabled and the delivery waits, pending.
+        recorder.script.lock().unwrap().push_back(410);
+        runtime
+            .ingest(org, orders(2, 1, now()).split_off(1), now())
+            .await
+            .unwrap();
+        eventually(async || {
+            let w = runtime.get_webhook(org, hook.id).ok()?;
+            (!w.enabled).then_some(())
+        })
+        .await;
+        let pending = runtime
+            .deliveries(org, hook.id, Some(DeliveryStatus::Pending), None, 10)
+            .unwrap();
+        assert_eq!(pending.items.len(), 1);
+        // Enabled again: the waiting delivery goes out with its id.
+        runtime
+            .update_webhook(
+                org,
+                hook.id,
+                xeno_actors::WebhookChange {
+                    enabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let pending_id = pending.items[0].id.clone();
+        eventually(async || {
+            let b = recorder.bodies();
+            (b.iter().filter(|(id, _)| *id == pending_id).count() == 2).then_some(())
+        })
+        .await;
+
+        // Bad input is refused and changes nothing.
+        assert!(matches!(
+            runtime.create_webhook(org, "ftp://x".into(), vec!["segment.entered".into()], None),
+            Err(RuntimeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            runtime.create_webhook(org, "http://x/".into(), vec!["segment.moved".into()], None),
+            Err(RuntimeError::Invalid { .. })
+        ));
+        let refused = runtime
+            .create_segment(
+                org,
+                "bad",
+                parse_rule(&json!("never_seen_field > 3")).unwrap(),
+            )
+            .await;
+        match refused {
+            Err(RuntimeError::Invalid { pointer, reason }) => {
+                assert!(pointer.starts_with("/rule"), "{pointer}");
+                assert!(reason.contains("never_seen_field"), "{reason}");
+            }
+            other => panic!("expected an invalid rule, got {other:?}"),
+        }
+        assert!(parse_rule(&json!("order_count >")).is_err());
+        assert_eq!(
+            runtime
+                .list_segments(org, None, 100)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert!(matches!(
+            runtime.get_segment(org, Uuid::now_v7()).await,
+            Err(RuntimeError::NotFound(_))
+        ));
+    });
+}
