@@ -163,6 +163,47 @@ pub struct DeclareFields {
     pub fields: Vec<(String, AttrType)>,
 }
 
+/// A background snapshot finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SnapshotDone {
+    offset: u64,
+    now: Timestamp,
+    started: Instant,
+    result: Result<(), PortError>,
+}
+
+/// The writes of a snapshot of `tenants` at consumed offset `offset`: each
+/// tenant's state, the partition's snapshot offset, and a retention checkpoint.
+fn snapshot_writes<'a>(
+    partition: u32,
+    offset: u64,
+    now: Timestamp,
+    tenants: impl Iterator<Item = (&'a Uuid, &'a Shard)>,
+) -> Result<(Vec<StateWrite>, usize), PortError> {
+    let mut writes = Vec::new();
+    let mut bytes_total = 0usize;
+    for (org, shard) in tenants {
+        let snapshot = shard
+            .snapshot()
+            .map_err(|e| PortError::permanent(e.to_string()))?;
+        let mut value = Vec::with_capacity(8 + snapshot.len());
+        value.extend_from_slice(&offset.to_be_bytes());
+        value.extend_from_slice(&snapshot);
+        bytes_total += value.len();
+        writes.push(StateWrite::Put(shard_key(*org, partition), value));
+    }
+    writes.push(StateWrite::Put(
+        partition_key(partition, "snapshot"),
+        offset.to_be_bytes().to_vec(),
+    ));
+    writes.push(StateWrite::Put(
+        partition_key(partition, &format!("checkpoint/{:020}", now.0.max(0))),
+        offset.to_be_bytes().to_vec(),
+    ));
+    Ok((writes, bytes_total))
+}
+
 /// Takes a snapshot now (shutdown).
 #[derive(Message)]
 #[rtype(result = "Result<(), PortError>")]
@@ -194,6 +235,7 @@ pub struct ShardActor {
     counts_changed: HashSet<(Uuid, u64)>,
     last_snapshot: Instant,
     events_since_snapshot: u64,
+    snapshot_in_flight: bool,
     ready: Arc<AtomicBool>,
 }
 
@@ -228,6 +270,7 @@ impl ShardActor {
             counts_changed: HashSet::new(),
             last_snapshot: Instant::now(),
             events_since_snapshot: 0,
+            snapshot_in_flight: false,
             ready,
         }
     }
@@ -642,66 +685,89 @@ impl ShardActor {
         }
     }
 
-    fn maybe_snapshot(&mut self) {
+    /// Starts a snapshot when one is due. The tenants' shards are cloned here
+    /// (a memory copy) and serialised and committed on a thread of their own,
+    /// so the partition keeps applying events meanwhile.
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let due = self.last_snapshot.elapsed() >= self.settings.snapshot_every
             || self.events_since_snapshot >= self.settings.snapshot_after_events;
-        if due
-            && self.applied > self.snapshot_at
-            && let Err(e) = self.snapshot()
-        {
-            tracing::error!(partition = self.partition, error = %e, "snapshot failed; the log keeps everything since the last one");
+        if !due || self.snapshot_in_flight || self.applied <= self.snapshot_at {
+            return;
+        }
+        if !self.outbox_is_committed() {
+            tracing::warn!(
+                partition = self.partition,
+                "snapshot postponed: the outbox is not committed yet"
+            );
+            return;
+        }
+        let started = Instant::now();
+        let copies: Vec<(Uuid, Shard)> = self
+            .tenants
+            .iter()
+            .map(|(org, shard)| (*org, shard.clone()))
+            .collect();
+        metrics::histogram!("xeno_snapshot_pause_seconds").record(started.elapsed().as_secs_f64());
+        let (partition, offset, store, addr) = (
+            self.partition,
+            self.applied,
+            self.store.clone(),
+            ctx.address(),
+        );
+        self.snapshot_in_flight = true;
+        let spawned = std::thread::Builder::new()
+            .name(format!("xeno-snapshot-{partition}"))
+            .spawn(move || {
+                let now = wall_now();
+                let result =
+                    snapshot_writes(partition, offset, now, copies.iter().map(|(o, s)| (o, s)))
+                        .and_then(|(writes, _)| store.commit(writes, true));
+                addr.do_send(SnapshotDone {
+                    offset,
+                    now,
+                    started,
+                    result,
+                });
+            });
+        if let Err(e) = spawned {
+            self.snapshot_in_flight = false;
+            tracing::error!(partition = self.partition, error = %e, "cannot start the snapshot thread");
         }
     }
 
-    /// Writes every tenant's state and the consumed offset in one durable
-    /// commit, then applies log retention.
-    fn snapshot(&mut self) -> Result<(), PortError> {
+    /// Flushes pending deltas; whether the outbox holds everything applied.
+    fn outbox_is_committed(&mut self) -> bool {
         if !self.unflushed.is_empty() || !self.deltas.is_empty() {
             self.flush();
-            if !self.unflushed.is_empty() {
-                return Err(PortError::retryable("the outbox is not committed yet"));
-            }
+        }
+        self.unflushed.is_empty()
+    }
+
+    /// Writes every tenant's state and the consumed offset in one durable
+    /// commit, on this thread (shutdown), then applies log retention.
+    fn snapshot(&mut self) -> Result<(), PortError> {
+        if !self.outbox_is_committed() {
+            return Err(PortError::retryable("the outbox is not committed yet"));
         }
         let started = Instant::now();
-        let mut writes = Vec::with_capacity(self.tenants.len() + 2);
-        let mut bytes_total = 0usize;
-        for (org, shard) in &self.tenants {
-            let snapshot = shard
-                .snapshot()
-                .map_err(|e| PortError::permanent(e.to_string()))?;
-            let mut value = Vec::with_capacity(8 + snapshot.len());
-            value.extend_from_slice(&self.applied.to_be_bytes());
-            value.extend_from_slice(&snapshot);
-            bytes_total += value.len();
-            writes.push(StateWrite::Put(shard_key(*org, self.partition), value));
-        }
-        let offset = self.applied;
-        writes.push(StateWrite::Put(
-            partition_key(self.partition, "snapshot"),
-            offset.to_be_bytes().to_vec(),
-        ));
         let now = wall_now();
-        writes.push(StateWrite::Put(
-            partition_key(self.partition, &format!("checkpoint/{:020}", now.0.max(0))),
-            offset.to_be_bytes().to_vec(),
-        ));
+        let (writes, _) = snapshot_writes(self.partition, self.applied, now, self.tenants.iter())?;
         self.store.commit(writes, true)?;
+        self.snapshot_written(self.applied, now, started);
+        Ok(())
+    }
+
+    fn snapshot_written(&mut self, offset: u64, now: Timestamp, started: Instant) {
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
             self.touch_all_counts(org);
         }
         self.publish_counts();
-        self.snapshot_at = offset;
+        self.snapshot_at = self.snapshot_at.max(offset);
         self.last_snapshot = Instant::now();
-        self.events_since_snapshot = 0;
+        self.events_since_snapshot = self.applied.saturating_sub(offset);
         metrics::histogram!("xeno_snapshot_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            partition = self.partition,
-            offset,
-            bytes = bytes_total,
-            "snapshot written"
-        );
+        tracing::debug!(partition = self.partition, offset, "snapshot written");
         self.apply_retention(now);
-        Ok(())
     }
 
     /// Deletes log records older than the retention that a snapshot covers:
@@ -854,7 +920,7 @@ impl Handler<Append> for ShardActor {
 impl Handler<Tick> for ShardActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Tick, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Tick, ctx: &mut Self::Context) {
         if self
             .gap_since
             .is_some_and(|since| since.elapsed() > std::time::Duration::from_secs(2))
@@ -877,7 +943,7 @@ impl Handler<Tick> for ShardActor {
         }
         self.flush();
         self.publish_counts();
-        self.maybe_snapshot();
+        self.maybe_snapshot(ctx);
     }
 }
 
@@ -1011,6 +1077,21 @@ impl Handler<DeclareFields> for ShardActor {
                 .map_err(|e| format!("`{name}`: {e}"))?;
         }
         Ok(())
+    }
+}
+
+impl Handler<SnapshotDone> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotDone, _: &mut Self::Context) {
+        self.snapshot_in_flight = false;
+        match msg.result {
+            Ok(()) => self.snapshot_written(msg.offset, msg.now, msg.started),
+            Err(e) => {
+                self.last_snapshot = Instant::now();
+                tracing::error!(partition = self.partition, error = %e, "snapshot failed; the log keeps everything since the last one");
+            }
+        }
     }
 }
 

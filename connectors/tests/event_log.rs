@@ -60,8 +60,18 @@ fn reopening_recovers_records_and_next_offsets() {
 fn retention_deletes_only_older_records() {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(dir.path(), 1).unwrap();
-    log.append(0, records("a", 10)).unwrap();
-    assert_eq!(log.truncate_before(0, 7).unwrap(), 7);
+    log.append(0, records("a", 4)).unwrap();
+    log.append(0, records("b", 3)).unwrap();
+    log.append(0, records("c", 3)).unwrap();
+    // Appends are kept whole: the one holding offset 8 (7..10) stays.
+    assert_eq!(log.truncate_before(0, 8).unwrap(), 7);
+    let tail: Vec<u64> = log
+        .read(0, 8, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    assert_eq!(tail, vec![8, 9], "reads start inside an append");
     let left: Vec<u64> = log
         .read(0, 0, 100)
         .unwrap()

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use xeno_gateway::config::Config;
 
+// Ingest allocates and frees many small JSON values across threads; glibc's
+// allocator spent a third of the server's CPU on that (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "xeno", version, about = "Real-time customer engagement engine")]
 struct Cli {

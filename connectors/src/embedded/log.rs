@@ -11,9 +11,14 @@
 //!                                 one atomic batch, one fsync, answer everyone
 //! ```
 //!
-//! Keys are `partition (u32 BE) ++ offset (u64 BE)`, so a partition is one
-//! contiguous, ordered key range: reading from an offset is a range scan, and the
-//! next offset after a restart is the last key of the range plus one.
+//! One append is stored as one chunk under `partition (u32 BE) ++ first offset
+//! (u64 BE)`, its records length-prefixed in the value. A partition is one
+//! contiguous, ordered key range: reading from an offset starts at the chunk
+//! that holds it, and the next offset after a restart is the last chunk's first
+//! offset plus its record count. Chunks (tens of KiB for a batch of 500) are
+//! stored key-value separated, so the LSM tree compacts small keys rather than
+//! rewriting event bytes; one key per append instead of per record cut the
+//! storage engine's share of ingest CPU (see BENCHMARKS.md).
 
 use std::ops::Range;
 use std::path::Path;
@@ -21,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
 /// Most requests one commit takes from the queue.
 const MAX_REQUESTS_PER_COMMIT: usize = 4096;
@@ -83,6 +88,47 @@ fn offset_of(key: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
+fn malformed() -> LogError {
+    LogError::Storage("a log chunk is malformed".into())
+}
+
+/// `count (u32 LE)`, then each record as `len (u32 LE) ++ bytes`.
+fn encode_chunk(records: &[Vec<u8>]) -> Vec<u8> {
+    let size = 4 + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+fn chunk_count(chunk: &[u8]) -> Result<u64, LogError> {
+    chunk
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| u64::from(u32::from_le_bytes(b)))
+        .ok_or_else(malformed)
+}
+
+/// The records of a chunk, in order.
+fn decode_chunk(chunk: &[u8]) -> Result<Vec<&[u8]>, LogError> {
+    let count = chunk_count(chunk)? as usize;
+    let mut records = Vec::with_capacity(count);
+    let mut at = 4;
+    for _ in 0..count {
+        let len = chunk
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| u32::from_le_bytes(b) as usize)
+            .ok_or_else(malformed)?;
+        records.push(chunk.get(at + 4..at + 4 + len).ok_or_else(malformed)?);
+        at += 4 + len;
+    }
+    Ok(records)
+}
+
 impl EventLog {
     /// Opens (or creates) the log in `dir` with `partitions` partitions and
     /// recovers each partition's next offset.
@@ -96,7 +142,11 @@ impl EventLog {
         std::fs::create_dir_all(dir).map_err(storage)?;
         let db = Database::builder(dir).open().map_err(storage)?;
         let keyspace = db
-            .keyspace("event_log", KeyspaceCreateOptions::default)
+            .keyspace("event_log", || {
+                KeyspaceCreateOptions::default()
+                    .with_kv_separation(Some(KvSeparationOptions::default()))
+                    .max_memtable_size(64 * 1024 * 1024)
+            })
             .map_err(storage)?;
         let mut next = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
@@ -128,10 +178,9 @@ impl EventLog {
         match last {
             None => Ok(0),
             Some(guard) => {
-                let k = guard.key().map_err(storage)?;
-                let offset = offset_of(&k)
-                    .ok_or_else(|| LogError::Storage("a log key is malformed".into()))?;
-                Ok(offset + 1)
+                let (k, v) = guard.into_inner().map_err(storage)?;
+                let first = offset_of(&k).ok_or_else(malformed)?;
+                Ok(first + chunk_count(&v)?)
             }
         }
     }
@@ -181,33 +230,61 @@ impl EventLog {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
         self.check(partition)?;
-        self.keyspace
-            .range(key(partition, from)..=key(partition, u64::MAX))
-            .take(limit)
-            .map(|guard| {
-                let (k, v) = guard.into_inner().map_err(storage)?;
-                let offset = offset_of(&k)
-                    .ok_or_else(|| LogError::Storage("a log key is malformed".into()))?;
-                Ok((offset, v.to_vec()))
-            })
-            .collect()
+        // The chunk holding `from` starts at or before it.
+        let start = match self
+            .keyspace
+            .range(key(partition, 0)..=key(partition, from))
+            .next_back()
+        {
+            Some(guard) => offset_of(&guard.key().map_err(storage)?).ok_or_else(malformed)?,
+            None => from,
+        };
+        let mut out = Vec::new();
+        for guard in self
+            .keyspace
+            .range(key(partition, start)..=key(partition, u64::MAX))
+        {
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            let first = offset_of(&k).ok_or_else(malformed)?;
+            for (i, record) in decode_chunk(&v)?.into_iter().enumerate() {
+                let offset = first + i as u64;
+                if offset >= from {
+                    out.push((offset, record.to_vec()));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the records of `partition` before offset `before` (retention).
     /// Returns how many were deleted.
     pub fn truncate_before(&self, partition: u32, before: u64) -> Result<u64, LogError> {
         self.check(partition)?;
-        let keys: Vec<_> = self
+        // Whole chunks only: a chunk that straddles `before` stays.
+        let mut keys = Vec::new();
+        let mut deleted = 0;
+        for guard in self
             .keyspace
             .range(key(partition, 0)..key(partition, before))
-            .map(|guard| guard.key().map_err(storage))
-            .collect::<Result<_, _>>()?;
+        {
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            let first = offset_of(&k).ok_or_else(malformed)?;
+            let count = chunk_count(&v)?;
+            if first + count > before {
+                break;
+            }
+            deleted += count;
+            keys.push(k);
+        }
         let mut batch = self.db.batch();
         for k in &keys {
             batch.remove(&self.keyspace, k.clone());
         }
         batch.commit().map_err(storage)?;
-        Ok(keys.len() as u64)
+        Ok(deleted)
     }
 
     /// Stops the committer after the appends already queued.
@@ -249,8 +326,12 @@ fn commit_loop(
         let mut records = 0u64;
         for request in &requests {
             let start = tentative[request.partition as usize];
-            for (i, record) in request.records.iter().enumerate() {
-                batch.insert(&keyspace, key(request.partition, start + i as u64), record);
+            if !request.records.is_empty() {
+                batch.insert(
+                    &keyspace,
+                    key(request.partition, start),
+                    encode_chunk(&request.records),
+                );
             }
             let end = start + request.records.len() as u64;
             tentative[request.partition as usize] = end;
