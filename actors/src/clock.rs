@@ -14,14 +14,17 @@ use crate::shard::{ShardActor, Tick};
 /// tests.
 pub type NowFn = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+/// The wall clock, in milliseconds since the epoch.
+pub fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp(ms)
+}
+
 pub fn wall_clock() -> NowFn {
-    std::sync::Arc::new(|| {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Timestamp(ms)
-    })
+    std::sync::Arc::new(now)
 }
 
 pub struct ClockActor {

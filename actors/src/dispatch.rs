@@ -27,6 +27,7 @@ use xeno_engine::ports::{StatePort, StateWrite, WebhookOutcome, WebhookPort, Web
 use crate::catalog::{Catalog, delivery_key, delivery_prefix, encode, webhook_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,
@@ -36,6 +37,7 @@ pub enum DeliveryStatus {
 
 /// One webhook delivery: the outbox entry and its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryRecord {
     /// The `webhook-id`, stable across retries and replays.
     pub id: String,
@@ -47,6 +49,7 @@ pub struct DeliveryRecord {
     /// Unix ms of the next attempt, while pending.
     pub next_attempt_at: Option<i64>,
     pub created_at: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Json,
 }
 
@@ -83,10 +86,7 @@ impl DispatchSettings {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::now().0
 }
 
 fn jitter() -> f64 {

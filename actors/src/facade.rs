@@ -32,8 +32,8 @@ use crate::record::{LogRecord, partition_of};
 use crate::registry::{DispatcherEntry, Registry};
 use crate::segment::GetCount;
 use crate::shard::{
-    AddSegment, Append, DeclareFields, FieldTypes, GetCustomer, Members, Preview, RemoveSegment,
-    ShardActor, ShardSettings, SnapshotNow, UpdateSegment,
+    Append, DeclareFields, FieldTypes, GetCustomer, Members, Preview, PutSegment, RemoveSegment,
+    ShardActor, ShardSettings, SnapshotNow,
 };
 
 /// The ports the runtime runs on.
@@ -120,14 +120,7 @@ fn segment_error(e: SegmentError) -> RuntimeError {
     }
 }
 
-fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    )
-}
+use crate::clock::now;
 
 fn random_token(prefix: &str) -> Result<String, RuntimeError> {
     let mut bytes = [0u8; 24];
@@ -155,26 +148,34 @@ pub fn parse_rule(value: &Json) -> Result<Rule, RuntimeError> {
 
 /// A segment as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SegmentInfo {
     pub id: Uuid,
     pub name: String,
+    /// The rule in DSL text.
     pub rule: String,
+    /// Starts at 1; every update adds one.
     pub version: u64,
     pub member_count: u64,
     pub created_at: String,
     pub updated_at: String,
 }
 
-/// A customer as the API shows it.
+/// A customer: attributes from identify calls, computed traits from events,
+/// and the segments they are in now.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CustomerInfo {
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub attributes: Map<String, Json>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub computed: Map<String, Json>,
     pub segments: Vec<SegmentRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SegmentRef {
     pub id: Uuid,
     pub name: String,
@@ -190,6 +191,7 @@ pub struct Page<T> {
 /// A webhook endpoint as the API shows it; the secret only on creation and
 /// rotation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookInfo {
     pub id: Uuid,
     pub url: String,
@@ -693,27 +695,12 @@ impl Runtime {
         previous: Option<&Rule>,
     ) -> Result<(), RuntimeError> {
         for (i, shard) in self.inner.shards.iter().enumerate() {
-            let result = match previous {
-                None => {
-                    shard
-                        .send(AddSegment {
-                            org,
-                            engine_id,
-                            rule: rule.clone(),
-                        })
-                        .await
-                }
-                Some(_) => {
-                    shard
-                        .send(UpdateSegment {
-                            org,
-                            engine_id,
-                            rule: rule.clone(),
-                        })
-                        .await
-                }
+            let put = PutSegment {
+                org,
+                engine_id,
+                rule: rule.clone(),
             };
-            let error = match result {
+            let error = match shard.send(put).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => segment_error(e),
                 Err(e) => e.into(),
@@ -725,7 +712,7 @@ impl Runtime {
                         .await
                         .map(|_| ()),
                     Some(old) => done
-                        .send(UpdateSegment {
+                        .send(PutSegment {
                             org,
                             engine_id,
                             rule: old.clone(),

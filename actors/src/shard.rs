@@ -66,14 +66,6 @@ fn read_u64(store: &dyn StatePort, key: &[u8]) -> Result<u64, PortError> {
         .unwrap_or(0))
 }
 
-fn wall_now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    Timestamp(ms)
-}
-
 /// Records to apply, starting at log offset `first`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -89,17 +81,11 @@ pub struct Tick {
     pub now: Timestamp,
 }
 
+/// Adds the segment, or replaces its rule (only customers whose membership
+/// changes get a delta).
 #[derive(Message)]
 #[rtype(result = "Result<(), SegmentError>")]
-pub struct AddSegment {
-    pub org: Uuid,
-    pub engine_id: u64,
-    pub rule: Rule,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<(), SegmentError>")]
-pub struct UpdateSegment {
+pub struct PutSegment {
     pub org: Uuid,
     pub engine_id: u64,
     pub rule: Rule,
@@ -568,7 +554,7 @@ impl ShardActor {
     fn flush(&mut self) {
         let deltas = std::mem::take(&mut self.deltas);
         let mut deliveries = std::mem::take(&mut self.unflushed);
-        let now = wall_now();
+        let now = crate::clock::now();
         for (org, delta) in deltas {
             self.counts_changed.insert((org, delta.segment.0));
             if delta.cause == Cause::Backfill {
@@ -718,7 +704,7 @@ impl ShardActor {
         let spawned = std::thread::Builder::new()
             .name(format!("xeno-snapshot-{partition}"))
             .spawn(move || {
-                let now = wall_now();
+                let now = crate::clock::now();
                 let result =
                     snapshot_writes(partition, offset, now, copies.iter().map(|(o, s)| (o, s)))
                         .and_then(|(writes, _)| store.commit(writes, true));
@@ -750,7 +736,7 @@ impl ShardActor {
             return Err(PortError::retryable("the outbox is not committed yet"));
         }
         let started = Instant::now();
-        let now = wall_now();
+        let now = crate::clock::now();
         let (writes, _) = snapshot_writes(self.partition, self.applied, now, self.tenants.iter())?;
         self.store.commit(writes, true)?;
         self.snapshot_written(self.applied, now, started);
@@ -947,26 +933,10 @@ impl Handler<Tick> for ShardActor {
     }
 }
 
-impl Handler<AddSegment> for ShardActor {
+impl Handler<PutSegment> for ShardActor {
     type Result = Result<(), SegmentError>;
 
-    fn handle(&mut self, msg: AddSegment, _: &mut Self::Context) -> Self::Result {
-        let id = SegmentId(msg.engine_id);
-        self.segment_change(msg.org, |shard, history, out| {
-            if shard.segment_rule(id).is_some() {
-                // Replayed creation (a retry): make it the given rule.
-                shard.update_segment(id, msg.rule, history, out).map(|_| ())
-            } else {
-                shard.add_segment(id, msg.rule, history, out)
-            }
-        })
-    }
-}
-
-impl Handler<UpdateSegment> for ShardActor {
-    type Result = Result<(), SegmentError>;
-
-    fn handle(&mut self, msg: UpdateSegment, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: PutSegment, _: &mut Self::Context) -> Self::Result {
         let id = SegmentId(msg.engine_id);
         self.segment_change(msg.org, |shard, history, out| {
             if shard.segment_rule(id).is_some() {

@@ -6,7 +6,6 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use xeno_engine::time::Timestamp;
 
 use super::AppState;
 use super::problem::Problem;
@@ -17,15 +16,6 @@ use crate::ingest::{Endpoint, IngestError, IngestRequest, MAX_REQUEST_BYTES, dec
 const MAX_WIRE_BYTES: usize = 2 * MAX_REQUEST_BYTES;
 /// Bodies above this are decoded on the blocking pool.
 const INLINE_DECODE_BYTES: usize = 16 * 1024;
-
-fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    )
-}
 
 fn refused(e: IngestError) -> Problem {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -61,7 +51,7 @@ async fn handle(
     body: Body,
 ) -> Result<(), Problem> {
     let endpoint = Endpoint::from_name(endpoint).ok_or_else(|| Problem::not_found("route"))?;
-    let received_at = now();
+    let received_at = xeno_actors::clock::now();
     let body = to_bytes(body, MAX_WIRE_BYTES).await.map_err(|_| {
         Problem::field(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 use xeno_actors::{SegmentInfo, parse_rule};
 
 use super::problem::Problem;
@@ -26,37 +25,9 @@ pub struct SegmentBody {
     pub rule: Option<Value>,
 }
 
-/// A segment.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Segment {
-    pub id: Uuid,
-    pub name: String,
-    /// The rule in DSL text.
-    pub rule: String,
-    /// Starts at 1; every update adds one.
-    pub version: u64,
-    pub member_count: u64,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl From<SegmentInfo> for Segment {
-    fn from(s: SegmentInfo) -> Segment {
-        Segment {
-            id: s.id,
-            name: s.name,
-            rule: s.rule,
-            version: s.version,
-            member_count: s.member_count,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SegmentList {
-    pub items: Vec<Segment>,
+    pub items: Vec<SegmentInfo>,
     pub next_cursor: Option<String>,
 }
 
@@ -96,10 +67,10 @@ fn required_rule(rule: &Option<Value>) -> Result<&Value, Problem> {
         .ok_or_else(|| Problem::field(StatusCode::BAD_REQUEST, "/rule", "`rule` is required"))
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/segments", tag = "segments",
+#[utoipa::path(operation_id = "create_segment", post, path = "/api/v1/orgs/{org}/segments", tag = "segments",
     params(("org" = String, Path, description = "organization slug")),
     request_body = SegmentBody,
-    responses((status = 201, body = Segment),
+    responses((status = 201, body = SegmentInfo),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid rule", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -108,7 +79,7 @@ pub async fn create(
     Path(org): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Segment>), Problem> {
+) -> Result<(StatusCode, Json<SegmentInfo>), Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let body: SegmentBody = json_body(&body)?;
     let name = body
@@ -117,10 +88,10 @@ pub async fn create(
         .ok_or_else(|| Problem::field(StatusCode::BAD_REQUEST, "/name", "`name` is required"))?;
     let rule = parse_rule(required_rule(&body.rule)?)?;
     let segment = state.runtime.create_segment(org, name, rule).await?;
-    Ok((StatusCode::CREATED, Json(segment.into())))
+    Ok((StatusCode::CREATED, Json(segment)))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/segments", tag = "segments",
+#[utoipa::path(operation_id = "list_segments", get, path = "/api/v1/orgs/{org}/segments", tag = "segments",
     params(("org" = String, Path, description = "organization slug"), PageQuery),
     responses((status = 200, body = SegmentList)), security(("bearer" = [])))]
 pub async fn list(
@@ -136,36 +107,36 @@ pub async fn list(
         .list_segments(org, query.cursor.as_deref(), limit)
         .await?;
     Ok(Json(SegmentList {
-        items: page.items.into_iter().map(Segment::from).collect(),
+        items: page.items,
         next_cursor: page.next_cursor,
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/segments/{id}", tag = "segments",
+#[utoipa::path(operation_id = "get_segment", get, path = "/api/v1/orgs/{org}/segments/{id}", tag = "segments",
     params(("org" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = Segment), (status = 404, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = SegmentInfo), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Segment>, Problem> {
+) -> Result<Json<SegmentInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Read)?;
     let id = path_id(&id, "segment")?;
-    Ok(Json(state.runtime.get_segment(org, id).await?.into()))
+    Ok(Json(state.runtime.get_segment(org, id).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/orgs/{org}/segments/{id}", tag = "segments",
+#[utoipa::path(operation_id = "update_segment", put, path = "/api/v1/orgs/{org}/segments/{id}", tag = "segments",
     params(("org" = String, Path), ("id" = Uuid, Path)),
     request_body = SegmentBody,
-    responses((status = 200, body = Segment), (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = SegmentInfo), (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Segment>, Problem> {
+) -> Result<Json<SegmentInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "segment")?;
     let body: SegmentBody = json_body(&body)?;
@@ -174,10 +145,10 @@ pub async fn update(
         .runtime
         .update_segment(org, id, body.name.as_deref(), rule)
         .await?;
-    Ok(Json(segment.into()))
+    Ok(Json(segment))
 }
 
-#[utoipa::path(delete, path = "/api/v1/orgs/{org}/segments/{id}", tag = "segments",
+#[utoipa::path(operation_id = "delete_segment", delete, path = "/api/v1/orgs/{org}/segments/{id}", tag = "segments",
     params(("org" = String, Path), ("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -192,7 +163,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/segments/preview", tag = "segments",
+#[utoipa::path(operation_id = "preview_segment", post, path = "/api/v1/orgs/{org}/segments/preview", tag = "segments",
     params(("org" = String, Path)),
     request_body = PreviewBody,
     responses((status = 200, body = PreviewResult), (status = 422, body = Problem, content_type = "application/problem+json")),
@@ -218,7 +189,7 @@ pub async fn preview(
     Ok(Json(PreviewResult { count, sample }))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/segments/{id}/members", tag = "segments",
+#[utoipa::path(operation_id = "list_segment_members", get, path = "/api/v1/orgs/{org}/segments/{id}/members", tag = "segments",
     params(("org" = String, Path), ("id" = Uuid, Path), PageQuery),
     responses((status = 200, body = MemberList), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]

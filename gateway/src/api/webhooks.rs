@@ -6,7 +6,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xeno_actors::dispatch::{DeliveryRecord, DeliveryStatus};
@@ -43,82 +42,15 @@ fn some_or_null<'de, D: serde::Deserializer<'de>>(
     Ok(Some(Option::deserialize(d)?))
 }
 
-/// A webhook endpoint. `secret` (`whsec_...`) is shown on creation and rotation
-/// only.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Webhook {
-    pub id: Uuid,
-    pub url: String,
-    pub events: Vec<String>,
-    pub segments: Option<Vec<Uuid>>,
-    pub enabled: bool,
-    pub disabled_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl From<WebhookInfo> for Webhook {
-    fn from(w: WebhookInfo) -> Webhook {
-        Webhook {
-            id: w.id,
-            url: w.url,
-            events: w.events,
-            segments: w.segments,
-            enabled: w.enabled,
-            disabled_reason: w.disabled_reason,
-            secret: w.secret,
-            created_at: w.created_at,
-            updated_at: w.updated_at,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookList {
-    pub items: Vec<Webhook>,
+    pub items: Vec<WebhookInfo>,
     pub next_cursor: Option<String>,
-}
-
-/// One delivery of an endpoint.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Delivery {
-    /// The `webhook-id` header, stable across retries.
-    pub id: String,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
-    pub attempts: u32,
-    pub last_status: Option<String>,
-    /// Unix milliseconds of the next attempt, while pending.
-    pub next_attempt_at: Option<i64>,
-    pub created_at: String,
-    #[schema(value_type = Object)]
-    pub payload: Value,
-}
-
-impl From<DeliveryRecord> for Delivery {
-    fn from(d: DeliveryRecord) -> Delivery {
-        let status = match d.status {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Dead => "dead",
-        };
-        Delivery {
-            id: d.id,
-            status: status.into(),
-            attempts: d.attempts,
-            last_status: d.last_status,
-            next_attempt_at: d.next_attempt_at,
-            created_at: d.created_at,
-            payload: d.payload,
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryList {
-    pub items: Vec<Delivery>,
+    pub items: Vec<DeliveryRecord>,
     pub next_cursor: Option<String>,
 }
 
@@ -136,16 +68,16 @@ pub struct Queued {
     pub id: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/webhooks", tag = "webhooks",
+#[utoipa::path(operation_id = "create_webhook", post, path = "/api/v1/orgs/{org}/webhooks", tag = "webhooks",
     params(("org" = String, Path)), request_body = CreateWebhook,
-    responses((status = 201, body = Webhook), (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 201, body = WebhookInfo), (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Webhook>), Problem> {
+) -> Result<(StatusCode, Json<WebhookInfo>), Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let body: CreateWebhook = json_body(&body)?;
     let events = body.events.unwrap_or_else(|| {
@@ -157,10 +89,10 @@ pub async fn create(
     let info = state
         .runtime
         .create_webhook(org, body.url, events, body.segments)?;
-    Ok((StatusCode::CREATED, Json(info.into())))
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/webhooks", tag = "webhooks",
+#[utoipa::path(operation_id = "list_webhooks", get, path = "/api/v1/orgs/{org}/webhooks", tag = "webhooks",
     params(("org" = String, Path)), responses((status = 200, body = WebhookList)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -171,35 +103,35 @@ pub async fn list(
     let org = authorize(&state, &headers, &org, Access::Read)?;
     let page = state.runtime.list_webhooks(org)?;
     Ok(Json(WebhookList {
-        items: page.items.into_iter().map(Webhook::from).collect(),
+        items: page.items,
         next_cursor: page.next_cursor,
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(operation_id = "get_webhook", get, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = Webhook), (status = 404, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = WebhookInfo), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Webhook>, Problem> {
+) -> Result<Json<WebhookInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Read)?;
     let id = path_id(&id, "webhook")?;
-    Ok(Json(state.runtime.get_webhook(org, id)?.into()))
+    Ok(Json(state.runtime.get_webhook(org, id)?))
 }
 
-#[utoipa::path(put, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(operation_id = "update_webhook", put, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path)), request_body = UpdateWebhook,
-    responses((status = 200, body = Webhook), (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = WebhookInfo), (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Webhook>, Problem> {
+) -> Result<Json<WebhookInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "webhook")?;
     let body: UpdateWebhook = json_body(&body)?;
@@ -209,10 +141,10 @@ pub async fn update(
         segments: body.segments,
         enabled: body.enabled,
     };
-    Ok(Json(state.runtime.update_webhook(org, id, change)?.into()))
+    Ok(Json(state.runtime.update_webhook(org, id, change)?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(operation_id = "delete_webhook", delete, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -227,21 +159,21 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/webhooks/{id}/rotate", tag = "webhooks",
+#[utoipa::path(operation_id = "rotate_webhook_secret", post, path = "/api/v1/orgs/{org}/webhooks/{id}/rotate", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, description = "the new secret; the previous one keeps signing for 24 h", body = Webhook)),
+    responses((status = 200, description = "the new secret; the previous one keeps signing for 24 h", body = WebhookInfo)),
     security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Webhook>, Problem> {
+) -> Result<Json<WebhookInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "webhook")?;
-    Ok(Json(state.runtime.rotate_webhook_secret(org, id)?.into()))
+    Ok(Json(state.runtime.rotate_webhook_secret(org, id)?))
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/webhooks/{id}/test", tag = "webhooks",
+#[utoipa::path(operation_id = "test_webhook", post, path = "/api/v1/orgs/{org}/webhooks/{id}/test", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path)),
     responses((status = 202, body = Queued)), security(("bearer" = [])))]
 pub async fn test(
@@ -255,7 +187,7 @@ pub async fn test(
     Ok((StatusCode::ACCEPTED, Json(Queued { id: delivery })))
 }
 
-#[utoipa::path(get, path = "/api/v1/orgs/{org}/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(operation_id = "list_webhook_deliveries", get, path = "/api/v1/orgs/{org}/webhooks/{id}/deliveries", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path), DeliveryQuery),
     responses((status = 200, body = DeliveryList)), security(("bearer" = [])))]
 pub async fn deliveries(
@@ -284,12 +216,12 @@ pub async fn deliveries(
         .runtime
         .deliveries(org, id, status, query.cursor.as_deref(), limit)?;
     Ok(Json(DeliveryList {
-        items: page.items.into_iter().map(Delivery::from).collect(),
+        items: page.items,
         next_cursor: page.next_cursor,
     }))
 }
 
-#[utoipa::path(post, path = "/api/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}/replay", tag = "webhooks",
+#[utoipa::path(operation_id = "replay_webhook_delivery", post, path = "/api/v1/orgs/{org}/webhooks/{id}/deliveries/{delivery}/replay", tag = "webhooks",
     params(("org" = String, Path), ("id" = Uuid, Path), ("delivery" = String, Path)),
     responses((status = 202, body = Queued), (status = 404, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
