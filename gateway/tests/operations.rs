@@ -103,6 +103,7 @@ fn health_readiness_and_metrics() {
         "xeno_events_applied_total 1",
         "xeno_ingest_requests_total{status=\"200\"} 1",
         "xeno_log_append_seconds",
+        "xeno_log_fsync_seconds",
         "xeno_shard_pending_events{partition=\"0\"}",
     ] {
         assert!(

@@ -338,10 +338,15 @@ fn commit_loop(
             records += request.records.len() as u64;
             ranges.push(start..end);
         }
-        let result = batch
-            .commit()
-            .and_then(|()| db.persist(PersistMode::SyncAll))
-            .map_err(storage);
+        let started = std::time::Instant::now();
+        let result = batch.commit().map_err(storage).and_then(|()| {
+            let synced = std::time::Instant::now();
+            let r = db.persist(PersistMode::SyncAll).map_err(storage);
+            metrics::histogram!("xeno_log_fsync_seconds").record(synced.elapsed().as_secs_f64());
+            r
+        });
+        metrics::histogram!("xeno_log_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("xeno_log_commit_requests").record(requests.len() as f64);
         stats.commits.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
