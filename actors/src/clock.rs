@@ -1,8 +1,11 @@
 //! The clock actor: the only reader of the wall clock on the membership path.
 //! Every tick it hands `now` to each shard actor, which advances its tenants'
 //! time (windows close, windowed traits refresh) and takes due snapshots. A
-//! tick that does not fit a full mailbox is skipped: the next one covers it.
+//! shard that has not yet handled its previous tick is not sent another: the
+//! next one it handles advances to the then current `now`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -29,7 +32,10 @@ pub fn wall_clock() -> NowFn {
 
 pub struct ClockActor {
     pub tick: Duration,
-    pub shards: Vec<Addr<ShardActor>>,
+    /// Each shard with its "a tick is queued" flag: at most one tick waits in
+    /// a shard's mailbox, and a busy shard still gets its ticks (a full
+    /// mailbox of appends does not crowd them out).
+    pub shards: Vec<(Addr<ShardActor>, Arc<AtomicBool>)>,
     pub now: NowFn,
 }
 
@@ -39,9 +45,11 @@ impl Actor for ClockActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.tick, |act, _| {
             let now = (act.now)();
-            for shard in &act.shards {
-                if shard.try_send(Tick { now }).is_err() {
-                    metrics::counter!("xeno_clock_ticks_skipped_total").increment(1);
+            for (shard, queued) in &act.shards {
+                if queued.swap(true, Ordering::AcqRel) {
+                    metrics::counter!("xeno_clock_ticks_coalesced_total").increment(1);
+                } else {
+                    shard.do_send(Tick { now });
                 }
             }
         });

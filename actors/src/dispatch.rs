@@ -7,8 +7,9 @@
 //! `max_in_flight` requests open, and records every outcome on the delivery:
 //!
 //! - 2xx: delivered;
-//! - 410 Gone: the endpoint is disabled (its deliveries wait, pending, until it
-//!   is enabled again);
+//! - 410 Gone: the endpoint is disabled; deliveries already queued wait,
+//!   pending, until it is enabled again, and no new ones are created for it
+//!   meanwhile (a disabled endpoint is not subscribed);
 //! - anything else: retried with exponential backoff and jitter
 //!   (`first_retry`·2ⁿ, at most an hour apart) until `max_attempts`, about a day
 //!   with the defaults; then the delivery is dead and can be replayed.
@@ -121,7 +122,8 @@ pub struct WebhookDispatcher {
     ready: VecDeque<DeliveryRecord>,
     /// Waiting for a retry, by (next attempt ms, id).
     waiting: BTreeMap<(i64, String), DeliveryRecord>,
-    in_flight: usize,
+    /// Ids of the requests on the wire.
+    in_flight: std::collections::HashSet<String>,
 }
 
 impl WebhookDispatcher {
@@ -144,7 +146,7 @@ impl WebhookDispatcher {
             missed,
             ready: VecDeque::new(),
             waiting: BTreeMap::new(),
-            in_flight: 0,
+            in_flight: std::collections::HashSet::new(),
         }
     }
 
@@ -157,6 +159,7 @@ impl WebhookDispatcher {
             .iter()
             .map(|d| d.id.clone())
             .chain(self.waiting.values().map(|d| d.id.clone()))
+            .chain(self.in_flight.iter().cloned())
             .collect();
         loop {
             let page = match self.store.scan(&prefix, after.as_deref(), 1024) {
@@ -198,7 +201,7 @@ impl WebhookDispatcher {
         if !endpoint.enabled {
             return;
         }
-        while self.in_flight < self.settings.max_in_flight {
+        while self.in_flight.len() < self.settings.max_in_flight {
             let Some(delivery) = self.ready.pop_front() else {
                 break;
             };
@@ -212,11 +215,11 @@ impl WebhookDispatcher {
                 body,
                 timeout: self.settings.timeout,
             };
-            self.in_flight += 1;
+            self.in_flight.insert(delivery.id.clone());
             let started = std::time::Instant::now();
             let send = self.port.send(request);
             ctx.spawn(send.into_actor(self).map(move |outcome, act, ctx| {
-                act.in_flight -= 1;
+                act.in_flight.remove(&delivery.id);
                 metrics::histogram!("xeno_webhook_request_seconds")
                     .record(started.elapsed().as_secs_f64());
                 act.on_outcome(delivery, outcome, ctx);
@@ -377,6 +380,8 @@ impl Handler<Replay> for WebhookDispatcher {
         if delivery.status == DeliveryStatus::Pending {
             return true;
         }
+        // A replay gets the full retry schedule again.
+        delivery.attempts = 0;
         delivery.status = DeliveryStatus::Pending;
         delivery.next_attempt_at = Some(now_ms());
         if self

@@ -25,8 +25,8 @@ use crate::catalog::{
 };
 use crate::clock::{ClockActor, NowFn};
 use crate::dispatch::{
-    DeliveryRecord, DeliveryStatus, DispatchSettings, EndpointChanged, NewDeliveries, Replay,
-    StopDispatcher, WebhookDispatcher,
+    DeliveryRecord, DeliveryStatus, DispatchSettings, EndpointChanged, Replay, StopDispatcher,
+    WebhookDispatcher,
 };
 use crate::record::{LogRecord, partition_of};
 use crate::registry::{DispatcherEntry, Registry};
@@ -255,6 +255,8 @@ struct Inner {
     inflight: Vec<Arc<AtomicI64>>,
     ready: Vec<Arc<AtomicBool>>,
     io: ArbiterHandle,
+    /// Segment changes run one at a time.
+    segment_lock: Arc<tokio::sync::Mutex<()>>,
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
 }
 
@@ -280,12 +282,14 @@ impl Runtime {
             None => Generated::default(),
         };
         let partitions = ports.log.partitions();
+        check_partitions(&*ports.store, partitions)?;
         let io = Arbiter::new();
         let registry = Arc::new(Registry::new(partitions, io.handle()));
         let mut arbiters = Vec::new();
         let mut shards = Vec::new();
         let mut inflight = Vec::new();
         let mut ready = Vec::new();
+        let mut clock_shards = Vec::new();
         for partition in 0..partitions {
             let arbiter = Arbiter::new();
             let flight = Arc::new(AtomicI64::new(0));
@@ -297,21 +301,24 @@ impl Runtime {
                 registry.clone(),
             );
             let (f, r) = (flight.clone(), is_ready.clone());
+            let tick_queued = Arc::new(AtomicBool::new(false));
+            let queued = tick_queued.clone();
             let shard_settings = settings.shard;
             let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
                 let mut actor =
                     ShardActor::new(partition, shard_settings, log, store, cat, reg, f, r);
+                actor.tick_queued = queued;
                 if let Err(e) = actor.recover() {
                     tracing::error!(partition, error = %e, "shard recovery failed; the partition stays unready");
                 }
                 actor
             });
+            clock_shards.push((addr.clone(), tick_queued));
             shards.push(addr);
             inflight.push(flight);
             ready.push(is_ready);
             arbiters.push(arbiter);
         }
-        let clock_shards = shards.clone();
         let tick = settings.tick;
         ClockActor::start_in_arbiter(&io.handle(), move |_| ClockActor {
             tick,
@@ -330,6 +337,7 @@ impl Runtime {
                 inflight,
                 ready,
                 io: io_handle,
+                segment_lock: Arc::new(tokio::sync::Mutex::new(())),
                 arbiters: std::sync::Mutex::new(arbiters),
             }),
         };
@@ -347,7 +355,9 @@ impl Runtime {
     }
 
     fn start_dispatcher(&self, org: Uuid, endpoint: Uuid) {
-        let missed = Arc::new(AtomicBool::new(false));
+        // Starts "missed": its first rescan picks up deliveries committed
+        // between its own outbox scan and its registration.
+        let missed = Arc::new(AtomicBool::new(true));
         let (settings, store, catalog, port, m) = (
             self.inner.settings.dispatch,
             self.inner.ports.store.clone(),
@@ -456,49 +466,64 @@ impl Runtime {
                 });
             }
         }
+        if by_partition
+            .keys()
+            .any(|p| !self.inner.ready[*p as usize].load(Ordering::Acquire))
+        {
+            return Err(RuntimeError::Busy {
+                retry_after_secs: 1,
+            });
+        }
+        // Each partition's append and hand-off run in a task of their own: a
+        // client that hangs up cannot cancel the hand-off of events that are
+        // durable (or leave the pending count raised).
         let mut appends = Vec::with_capacity(by_partition.len());
         for (p, records) in by_partition {
-            self.inner.inflight[p as usize].fetch_add(records.len() as i64, Ordering::AcqRel);
+            let n = records.len() as i64;
+            let flight = self.inner.inflight[p as usize].clone();
+            flight.fetch_add(n, Ordering::AcqRel);
             let log = self.inner.ports.log.clone();
-            let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
-            let started = std::time::Instant::now();
-            let handle = tokio::task::spawn_blocking(move || log.append(p, encoded));
-            appends.push((p, records, handle, started));
+            let shard = self.inner.shards[p as usize].clone();
+            appends.push(tokio::spawn(async move {
+                let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
+                let started = std::time::Instant::now();
+                let appended = tokio::task::spawn_blocking(move || log.append(p, encoded))
+                    .await
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))
+                    .and_then(|r| r.map_err(RuntimeError::from));
+                metrics::histogram!("xeno_log_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let range = match appended {
+                    Ok(range) => range,
+                    Err(e) => {
+                        flight.fetch_sub(n, Ordering::AcqRel);
+                        return Err(e);
+                    }
+                };
+                // Durable: acknowledge without waiting for the shard.
+                tokio::spawn(async move {
+                    let message = Append {
+                        first: range.start,
+                        records,
+                    };
+                    if shard.send(message).await.is_err() {
+                        flight.fetch_sub(n, Ordering::AcqRel);
+                        tracing::error!(
+                            partition = p,
+                            "shard actor unavailable; it will read the events from the log"
+                        );
+                    }
+                });
+                Ok(n as u64)
+            }));
         }
         let mut failure = None;
         let mut count = 0u64;
-        for (p, records, handle, started) in appends {
-            let n = records.len() as i64;
-            let result = handle
-                .await
-                .map_err(|e| RuntimeError::Internal(e.to_string()))
-                .and_then(|r| r.map_err(RuntimeError::from));
-            metrics::histogram!("xeno_log_append_seconds").record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(range) => {
-                    count += n as u64;
-                    let shard = self.inner.shards[p as usize].clone();
-                    let flight = self.inner.inflight[p as usize].clone();
-                    // A task of its own, so a client that hangs up cannot cancel
-                    // the hand-off of events that are already durable.
-                    tokio::spawn(async move {
-                        let message = Append {
-                            first: range.start,
-                            records,
-                        };
-                        if shard.send(message).await.is_err() {
-                            flight.fetch_sub(n, Ordering::AcqRel);
-                            tracing::error!(
-                                partition = p,
-                                "shard actor unavailable; it will read the events from the log"
-                            );
-                        }
-                    });
-                }
-                Err(e) => {
-                    self.inner.inflight[p as usize].fetch_sub(n, Ordering::AcqRel);
-                    failure = Some(e);
-                }
+        for append in appends {
+            match append.await {
+                Ok(Ok(n)) => count += n,
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(RuntimeError::Internal(e.to_string())),
             }
         }
         metrics::counter!("xeno_ingest_events_total").increment(count);
@@ -555,6 +580,34 @@ impl Runtime {
 
     /// Creates a segment: every shard backfills it, then it is recorded.
     pub async fn create_segment(
+        &self,
+        org: Uuid,
+        name: &str,
+        rule: Rule,
+    ) -> Result<SegmentInfo, RuntimeError> {
+        let this = self.clone();
+        let name = name.to_string();
+        self.serialised(async move { this.create_segment_now(org, &name, rule).await })
+            .await
+    }
+
+    /// Runs a segment change in a task of its own (a client that hangs up
+    /// cannot stop it half-way through the shards) and one at a time (two
+    /// updates cannot interleave per shard).
+    async fn serialised<T: Send + 'static>(
+        &self,
+        change: impl std::future::Future<Output = Result<T, RuntimeError>> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let lock = self.inner.segment_lock.clone();
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            change.await
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()))?
+    }
+
+    async fn create_segment_now(
         &self,
         org: Uuid,
         name: &str,
@@ -782,14 +835,32 @@ impl Runtime {
         name: Option<&str>,
         rule: Option<Rule>,
     ) -> Result<SegmentInfo, RuntimeError> {
+        let this = self.clone();
+        let name = name.map(str::to_string);
+        self.serialised(async move {
+            this.update_segment_now(org, id, name.as_deref(), rule)
+                .await
+        })
+        .await
+    }
+
+    async fn update_segment_now(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        name: Option<&str>,
+        rule: Option<Rule>,
+    ) -> Result<SegmentInfo, RuntimeError> {
         self.require_org(org)?;
         let mut record = self.segment_record(org, id)?;
         if let Some(name) = name {
             record.name = Self::check_name(name)?;
         }
+        let mut previous_rule = None;
         if let Some(rule) = rule {
             let old = dsl::parse(&record.rule)
                 .map_err(|e| RuntimeError::Internal(format!("stored rule: {e}")))?;
+            previous_rule = Some(old.clone());
             if old != rule {
                 self.ensure_fields(org, &rule, true).await?;
                 self.apply_to_shards(org, record.engine_id, &rule, Some(&old))
@@ -801,15 +872,33 @@ impl Runtime {
         record.updated_at = now().to_rfc3339();
         let write = StateWrite::Put(segment_key(org, id), encode(&record));
         let stored = record.clone();
-        self.inner
+        if let Err(e) = self
+            .inner
             .catalog
             .commit(&*self.inner.ports.store, vec![write], |c| {
                 c.put_segment(org, stored)
-            })?;
+            })
+        {
+            // Put the shards back on the recorded rule.
+            if let (Some(old), Ok(new)) = (&previous_rule, dsl::parse(&record.rule))
+                && *old != new
+            {
+                let _ = self
+                    .apply_to_shards(org, record.engine_id, old, Some(&new))
+                    .await;
+            }
+            return Err(e.into());
+        }
         Ok(self.segment_info(org, record).await)
     }
 
     pub async fn delete_segment(&self, org: Uuid, id: Uuid) -> Result<(), RuntimeError> {
+        let this = self.clone();
+        self.serialised(async move { this.delete_segment_now(org, id).await })
+            .await
+    }
+
+    async fn delete_segment_now(&self, org: Uuid, id: Uuid) -> Result<(), RuntimeError> {
         self.require_org(org)?;
         let record = self.segment_record(org, id)?;
         let write = StateWrite::Delete(segment_key(org, id));
@@ -1115,9 +1204,9 @@ impl Runtime {
         let write = StateWrite::Put(delivery_key(org, id, &delivery.id), encode(&delivery));
         self.inner.ports.store.commit(vec![write], true)?;
         let delivery_id = delivery.id.clone();
-        if let Some(addr) = self.inner.registry.dispatcher(id) {
-            let _ = addr.try_send(NewDeliveries(vec![delivery]));
-        }
+        self.inner
+            .registry
+            .notify_dispatchers(vec![(org, delivery)]);
         Ok(delivery_id)
     }
 
@@ -1189,6 +1278,38 @@ fn decode_cursor(cursor: &str) -> Option<(u32, Option<u32>)> {
     let text = String::from_utf8(bytes).ok()?;
     let (p, r) = text.split_once(':')?;
     Some((p.parse().ok()?, Some(r.parse().ok()?)))
+}
+
+/// The number of log partitions is fixed at the first start: customers are
+/// hashed to partitions, so another count would put them on shards that do
+/// not hold their state.
+fn check_partitions(store: &dyn StatePort, partitions: u32) -> Result<(), RuntimeError> {
+    const KEY: &[u8] = b"g/partitions";
+    match store.get(KEY)? {
+        Some(bytes) => {
+            let stored = bytes
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
+            if stored != partitions {
+                return Err(invalid(
+                    "storage.partitions",
+                    format!(
+                        "this data folder was created with {stored} partitions; {partitions} would put customers on shards without their state"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        None => Ok(store.commit(
+            vec![StateWrite::Put(
+                KEY.to_vec(),
+                partitions.to_be_bytes().to_vec(),
+            )],
+            true,
+        )?),
+    }
 }
 
 /// Creates the bootstrap organization and keys when missing; registers keys

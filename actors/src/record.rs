@@ -62,7 +62,15 @@ pub fn read_range(
             if offset >= until {
                 return Ok(());
             }
-            visit(offset, LogRecord::decode(&bytes)?);
+            match LogRecord::decode(&bytes) {
+                Ok(record) => visit(offset, record),
+                // One unreadable record must not wedge the partition: it is
+                // skipped, logged and counted.
+                Err(e) => {
+                    metrics::counter!("xeno_log_records_unreadable_total").increment(1);
+                    tracing::error!(partition, offset, error = %e, "skipping an unreadable log record");
+                }
+            }
         }
         next = last + 1;
     }

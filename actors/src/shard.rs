@@ -222,6 +222,11 @@ pub struct ShardActor {
     last_snapshot: Instant,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
+    /// Recovery failed: the actor serves nothing and writes nothing, so a
+    /// half-loaded state never overwrites good snapshots.
+    failed: bool,
+    /// Set by the clock when a tick is queued, so at most one waits.
+    pub(crate) tick_queued: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
 }
 
@@ -257,13 +262,26 @@ impl ShardActor {
             last_snapshot: Instant::now(),
             events_since_snapshot: 0,
             snapshot_in_flight: false,
+            failed: false,
+            tick_queued: Arc::new(AtomicBool::new(false)),
             ready,
         }
     }
 
     /// Restores the last snapshot, replays the log tail and reconciles the
-    /// segments with the catalog.
+    /// segments with the catalog. On failure the actor stays unready and
+    /// inert (see `failed`).
     pub fn recover(&mut self) -> Result<(), PortError> {
+        let result = self.recover_inner();
+        if result.is_err() {
+            self.failed = true;
+            self.tenants.clear();
+            self.pending.clear();
+        }
+        result
+    }
+
+    fn recover_inner(&mut self) -> Result<(), PortError> {
         let started = Instant::now();
         let store = self.store.clone();
         self.snapshot_at = read_u64(&*store, &partition_key(self.partition, "snapshot"))?;
@@ -274,6 +292,9 @@ impl ShardActor {
                 self.tenants.insert(org, shard);
             }
         }
+        // Segments created or changed after the snapshot exist before the
+        // replay, so the replayed events produce their transitions.
+        self.reconcile_segments();
         let log = self.log.clone();
         let mut replayed = 0u64;
         read_range(
@@ -289,7 +310,7 @@ impl ShardActor {
             },
         )
         .map_err(|e| PortError::retryable(e.0))?;
-        self.reconcile_segments();
+
         self.flush();
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
             self.touch_all_counts(org);
@@ -369,6 +390,15 @@ impl ShardActor {
     fn reconcile_segments(&mut self) {
         let orgs: Vec<Uuid> = self.tenants.keys().copied().collect();
         for org in orgs {
+            self.reconcile_tenant(org);
+        }
+    }
+
+    fn reconcile_tenant(&mut self, org: Uuid) {
+        if !self.tenants.contains_key(&org) {
+            return;
+        }
+        {
             let wanted: Vec<(u64, String)> = self
                 .catalog
                 .with_org(org, |o| {
@@ -384,7 +414,9 @@ impl ShardActor {
                 org,
                 until: self.applied,
             };
-            let shard = self.tenants.get_mut(&org).expect("listed above");
+            let Some(shard) = self.tenants.get_mut(&org) else {
+                return;
+            };
             let mut deltas = Vec::new();
             let wanted_ids: HashSet<u64> = wanted.iter().map(|(id, _)| *id).collect();
             for (engine_id, text) in wanted {
@@ -425,7 +457,17 @@ impl ShardActor {
     /// Applies the record at `offset`; its deltas are queued for the outbox
     /// unless they are there already.
     fn apply_record(&mut self, offset: u64, record: &LogRecord) {
-        debug_assert_eq!(offset, self.applied, "records apply in log order");
+        if offset < self.applied {
+            return;
+        }
+        if offset > self.applied {
+            tracing::warn!(
+                partition = self.partition,
+                from = self.applied,
+                to = offset,
+                "log records skipped"
+            );
+        }
         let emit = offset >= self.outboxed;
         let org = record.org;
         let shard = self.tenant(org);
@@ -497,6 +539,8 @@ impl ShardActor {
             tracing::error!(org = %org, error = %e, "log replay for a panicked tenant failed");
         }
         self.tenants.insert(org, shard);
+        // Segments created or changed since the snapshot.
+        self.reconcile_tenant(org);
     }
 
     /// Applies what is contiguous in the reorder buffer.
@@ -732,6 +776,9 @@ impl ShardActor {
     /// Writes every tenant's state and the consumed offset in one durable
     /// commit, on this thread (shutdown), then applies log retention.
     fn snapshot(&mut self) -> Result<(), PortError> {
+        if self.failed || self.applied <= self.snapshot_at {
+            return Ok(());
+        }
         if !self.outbox_is_committed() {
             return Err(PortError::retryable("the outbox is not committed yet"));
         }
@@ -885,6 +932,11 @@ impl Handler<Append> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, msg: Append, _: &mut Self::Context) {
+        if self.failed {
+            self.inflight
+                .fetch_sub(msg.records.len() as i64, Ordering::AcqRel);
+            return;
+        }
         let started = Instant::now();
         let count = msg.records.len() as u64;
         if msg.first + count <= self.applied {
@@ -907,6 +959,10 @@ impl Handler<Tick> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, msg: Tick, ctx: &mut Self::Context) {
+        self.tick_queued.store(false, Ordering::Release);
+        if self.failed {
+            return;
+        }
         if self
             .gap_since
             .is_some_and(|since| since.elapsed() > std::time::Duration::from_secs(2))

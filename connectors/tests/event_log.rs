@@ -82,6 +82,22 @@ fn retention_deletes_only_older_records() {
     assert_eq!(log.append(0, records("b", 1)).unwrap(), 10..11);
 }
 
+/// Retention never deletes the last append, so a restart still knows the next
+/// offset (otherwise new events would be numbered from 0 again, below what the
+/// shards have applied).
+#[test]
+fn retention_keeps_the_head_so_offsets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 1).unwrap();
+        log.append(0, records("a", 3)).unwrap();
+        log.append(0, records("b", 2)).unwrap();
+        assert_eq!(log.truncate_before(0, u64::MAX).unwrap(), 3);
+    }
+    let log = EventLog::open(dir.path(), 1).unwrap();
+    assert_eq!(log.append(0, records("c", 1)).unwrap(), 5..6);
+}
+
 /// Concurrent appenders share fsyncs: fewer commits than appends, and every
 /// append still gets its own contiguous, non-overlapping offsets.
 #[test]

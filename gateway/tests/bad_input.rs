@@ -418,6 +418,13 @@ fn cases() -> Vec<Case> {
             None,
         )
         .expect(&[404]),
+        Case::admin("a limit that is not a number", "GET", "/segments?limit=abc", None)
+            .expect(&[400]),
+        Case::admin("a limit out of range", "GET", "/segments?limit=0", None)
+            .expect(&[400])
+            .pointer("/limit"),
+        Case::admin("a method the route does not take", "DELETE", "/segments", None)
+            .expect(&[405]),
     ]
 }
 

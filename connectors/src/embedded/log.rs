@@ -263,6 +263,17 @@ impl EventLog {
     /// Returns how many were deleted.
     pub fn truncate_before(&self, partition: u32, before: u64) -> Result<u64, LogError> {
         self.check(partition)?;
+        // The partition's last chunk always stays: the next offset after a
+        // restart is read from it.
+        let last = match self
+            .keyspace
+            .range(key(partition, 0)..=key(partition, u64::MAX))
+            .next_back()
+        {
+            Some(guard) => offset_of(&guard.key().map_err(storage)?).ok_or_else(malformed)?,
+            None => return Ok(0),
+        };
+        let before = before.min(last);
         // Whole chunks only: a chunk that straddles `before` stays.
         let mut keys = Vec::new();
         let mut deleted = 0;
@@ -360,11 +371,18 @@ fn commit_loop(
                 }
             }
             Err(e) => {
-                // Offsets are not advanced; what may have reached the disk is
-                // overwritten by the next commit at the same offsets.
+                // Fail-stop: after a failed write or fsync the state of the
+                // disk is unknown (a chunk may or may not be there, and an
+                // fsync error may have dropped dirty pages), so nothing more is
+                // acknowledged; a restart recovers from what is durable.
                 for request in requests {
                     let _ = request.reply.send(Err(e.clone()));
                 }
+                while let Ok(request) = queue.try_recv() {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+                metrics::counter!("xeno_log_failures_total").increment(1);
+                return;
             }
         }
     }

@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .with_state(state)
 }
 
@@ -114,6 +115,45 @@ pub fn authorize(
 /// Parses a JSON body into `T`, with a problem naming what is wrong.
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
     serde_json::from_slice(body).map_err(Problem::bad_body)
+}
+
+/// `axum::extract::Query` whose refusal is a problem+json (axum's own is plain
+/// text).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| Problem::field(axum::http::StatusCode::BAD_REQUEST, "", &e.body_text()))
+    }
+}
+
+/// The raw body, with a problem+json refusal when it is too large or unreadable.
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
+    type Rejection = Problem;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(request, state)
+            .await
+            .map(ApiBody)
+            .map_err(|e| Problem::new(e.status(), e.body_text()))
+    }
 }
 
 /// Parses a path id.

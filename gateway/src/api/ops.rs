@@ -42,3 +42,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn not_found() -> Problem {
     Problem::not_found("route")
 }
+
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method",
+    )
+}

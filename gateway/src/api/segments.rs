@@ -2,8 +2,7 @@
 //! backfill, delete, preview, members.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use xeno_actors::{SegmentInfo, parse_rule};
 
 use super::problem::Problem;
-use super::{Access, AppState, authorize, json_body, page_limit, path_id};
+use super::{Access, ApiBody, ApiQuery, AppState, authorize, json_body, page_limit, path_id};
 
 /// A new segment, or a change of one.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -78,7 +77,7 @@ pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<SegmentInfo>), Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let body: SegmentBody = json_body(&body)?;
@@ -97,7 +96,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
     headers: HeaderMap,
 ) -> Result<Json<SegmentList>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Read)?;
@@ -135,7 +134,7 @@ pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<SegmentInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "segment")?;
@@ -172,7 +171,7 @@ pub async fn preview(
     State(state): State<AppState>,
     Path(org): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<PreviewResult>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Read)?;
     let body: PreviewBody = json_body(&body)?;
@@ -196,7 +195,7 @@ pub async fn preview(
 pub async fn members(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
     headers: HeaderMap,
 ) -> Result<Json<MemberList>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Read)?;

@@ -2,8 +2,7 @@
 //! secret, send a test, list deliveries (dead letters among them), replay.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,7 +11,7 @@ use xeno_actors::dispatch::{DeliveryRecord, DeliveryStatus};
 use xeno_actors::{WebhookChange, WebhookInfo};
 
 use super::problem::Problem;
-use super::{Access, AppState, authorize, json_body, page_limit, path_id};
+use super::{Access, ApiBody, ApiQuery, AppState, authorize, json_body, page_limit, path_id};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,7 +75,7 @@ pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<WebhookInfo>), Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let body: CreateWebhook = json_body(&body)?;
@@ -130,7 +129,7 @@ pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<WebhookInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "webhook")?;
@@ -193,7 +192,7 @@ pub async fn test(
 pub async fn deliveries(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    Query(query): Query<DeliveryQuery>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
     headers: HeaderMap,
 ) -> Result<Json<DeliveryList>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Read)?;
