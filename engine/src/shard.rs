@@ -123,6 +123,8 @@ pub enum Cause {
     Event,
     /// Time passed (a window closed or opened).
     Time,
+    /// The customer was removed (merged into another profile).
+    Removed,
     /// A segment was created and filled from current state.
     Backfill,
     /// A segment's rule changed.
@@ -210,6 +212,9 @@ struct State {
     any_event: Vec<u32>,
     customers: FxHashMap<Box<str>, u32>,
     external_ids: Vec<Box<str>>,
+    /// Rows of removed customers (merged into another profile): never
+    /// evaluated again, never members.
+    removed: roaring::RoaringBitmap,
 }
 
 impl Resolver for State {
@@ -668,7 +673,7 @@ pub enum SnapshotError {
 }
 
 /// Bumped whenever the snapshot layout changes.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 
 impl Shard {
     /// A shard with the built-in computed traits and no customers. Settings out
@@ -687,6 +692,7 @@ impl Shard {
                 any_event: Vec::new(),
                 customers: FxHashMap::default(),
                 external_ids: Vec::new(),
+                removed: roaring::RoaringBitmap::new(),
             },
             segments: Segments::new(config.tick.millis().clamp(1, 1000)),
             trait_deadlines: DeadlineIndex::new(config.tick.millis().clamp(1, 1000)),
@@ -755,7 +761,7 @@ impl Shard {
 
     /// Number of customers.
     pub fn customer_count(&self) -> usize {
-        self.state.rows() - 1
+        self.state.rows() - 1 - self.state.removed.len() as usize
     }
 
     /// The external id of a dense id.
@@ -764,6 +770,7 @@ impl Shard {
             .then(|| self.state.external_ids.get(row as usize))
             .flatten()
             .map(|s| &**s)
+            .filter(|s| !s.is_empty())
     }
 
     /// The dense id of an external id.
@@ -1024,6 +1031,10 @@ impl Shard {
         if pairs.is_empty() {
             return;
         }
+        if !self.state.removed.is_empty() {
+            let removed = &self.state.removed;
+            pairs.retain(|(_, row)| !removed.contains(*row));
+        }
         pairs.sort_unstable_by_key(|(slot, row)| (*row, *slot));
         pairs.dedup();
         let ctx = self.state.ctx(None);
@@ -1202,8 +1213,9 @@ impl Shard {
         let ctx = self.state.ctx(None);
         let empty_member = compiled.evaluate(&ctx, 0, self.now).0;
         let all = crate::preview::scan(compiled, &ctx, self.state.rows(), self.now, usize::MAX);
-        let members = roaring::RoaringBitmap::from_sorted_iter(all.sample)
+        let mut members = roaring::RoaringBitmap::from_sorted_iter(all.sample)
             .expect("the scan yields rows in increasing order");
+        members -= &self.state.removed;
         (members, Vec::new(), empty_member)
     }
 
@@ -1218,6 +1230,9 @@ impl Shard {
         let mut members = roaring::RoaringBitmap::new();
         let mut deadlines = Vec::new();
         for row in 1..self.state.rows() as u32 {
+            if self.state.removed.contains(row) {
+                continue;
+            }
             let (member, until) = compiled.evaluate(&ctx, row, self.now);
             if member {
                 members.insert(row);
@@ -1398,6 +1413,41 @@ impl Shard {
         Some(self.evaluate_rows(&seg.compiled).0)
     }
 
+    /// Removes a customer, as when an anonymous profile is merged into a known
+    /// one: it leaves every segment it was in (an `Exited` delta with cause
+    /// `Removed` each), its pending deadlines are dropped, and its row is never
+    /// evaluated again. A later event with the same id starts a new profile.
+    /// Returns whether the customer existed.
+    ///
+    /// The row's storage is not reused (a removed customer costs its columns'
+    /// bytes until the shard is rebuilt).
+    pub fn remove_customer(&mut self, external_id: &str, out: &mut Vec<Delta>) -> bool {
+        let Some(row) = self.state.customers.remove(external_id) else {
+            return false;
+        };
+        debug_assert!(row != 0, "row 0 is the customer with no events");
+        for slot in 0..self.segments.slots.len() as u32 {
+            if !self.segments.is_member(slot, row) {
+                continue;
+            }
+            self.segments.set_member(slot, row, false);
+            if let Some(seg) = self.segments.slots[slot as usize].as_mut() {
+                seg.members.remove(row);
+                out.push(Delta {
+                    segment: seg.id,
+                    customer: row,
+                    transition: Transition::Exited,
+                    at: self.now,
+                    cause: Cause::Removed,
+                });
+            }
+        }
+        self.segments.tracks[row as usize].clear();
+        self.state.external_ids[row as usize] = "".into();
+        self.state.removed.insert(row);
+        true
+    }
+
     /// Customers in any of `include_any` (all customers when empty), in all of
     /// `include_all`, and in none of `exclude`.
     pub fn audience(
@@ -1410,6 +1460,7 @@ impl Shard {
         let mut result = if include_any.is_empty() {
             let mut all = roaring::RoaringBitmap::new();
             all.insert_range(1..self.state.rows() as u32);
+            all -= &self.state.removed;
             all
         } else {
             let mut any = roaring::RoaringBitmap::new();
@@ -1471,13 +1522,20 @@ impl Shard {
         }
         compiled.link(&ids);
         let ctx = self.state.ctx(Some(&extra));
-        Ok(crate::preview::scan(
-            &compiled,
-            &ctx,
-            self.state.rows(),
-            self.now,
-            sample,
-        ))
+        let removed = &self.state.removed;
+        let wanted = sample.saturating_add(removed.len() as usize);
+        let mut preview =
+            crate::preview::scan(&compiled, &ctx, self.state.rows(), self.now, wanted);
+        if !removed.is_empty() {
+            let matching_removed = removed
+                .iter()
+                .filter(|row| compiled.evaluate(&ctx, *row, self.now).0)
+                .count() as u64;
+            preview.count -= matching_removed;
+            preview.sample.retain(|row| !removed.contains(*row));
+        }
+        preview.sample.truncate(sample);
+        Ok(preview)
     }
 
     /// The customer's attributes, computed traits and segments.

@@ -814,6 +814,8 @@ enum Step {
     RemoveSegment(usize),
     /// Snapshot the shard and continue from a restored copy, as after a restart.
     Restart,
+    /// Remove a customer (as when its profile is merged into another).
+    RemoveCustomer(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -888,6 +890,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => ((0usize..8), arb_rule()).prop_map(|(i, r)| Step::UpdateSegment(i, r)),
         1 => (0usize..8).prop_map(Step::RemoveSegment),
         1 => Just(Step::Restart),
+        1 => (0..CUSTOMERS).prop_map(Step::RemoveCustomer),
     ]
 }
 
@@ -1059,6 +1062,21 @@ impl Harness {
                 assert_eq!(restored.next_deadline(), self.shard.next_deadline());
                 assert_eq!(restored.now(), self.shard.now());
                 self.shard = restored;
+            }
+            Step::RemoveCustomer(customer) => {
+                let id = format!("c{customer}");
+                let existed = self.shard.customer_row(&id).is_some();
+                assert_eq!(self.shard.remove_customer(&id, &mut deltas), existed);
+                assert!(self.shard.customer_row(&id).is_none());
+                assert!(
+                    deltas
+                        .iter()
+                        .all(|d| d.transition == Transition::Exited && d.cause == Cause::Removed)
+                );
+                // The reference model forgets the customer's events; so does
+                // the history later segments are filled from.
+                self.applied
+                    .retain(|e| e.user_id.as_deref() != Some(id.as_str()));
             }
             Step::RemoveSegment(i) => {
                 let Some(&id) = self.segments.keys().nth(*i % self.segments.len().max(1)) else {
