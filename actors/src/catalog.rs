@@ -12,6 +12,7 @@
 //! t/{org}/wh/{endpoint}       -> WebhookRecord
 //! t/{org}/dl/{endpoint}/{id}  -> DeliveryRecord     (the webhook outbox and its history)
 //! t/{org}/shard/{partition}   -> offset ++ engine snapshot
+//! t/{org}/alias/{id}          -> the customer id `id` was merged into
 //! ```
 
 use std::collections::HashMap;
@@ -135,6 +136,9 @@ pub fn delivery_key(org: Uuid, endpoint: Uuid, id: &str) -> Vec<u8> {
 pub fn field_key(org: Uuid, name: &str) -> Vec<u8> {
     format!("t/{org}/field/{name}").into_bytes()
 }
+pub fn alias_key(org: Uuid, from: &str) -> Vec<u8> {
+    format!("t/{org}/alias/{from}").into_bytes()
+}
 pub fn shard_key(org: Uuid, partition: u32) -> Vec<u8> {
     format!("t/{org}/shard/{partition:08}").into_bytes()
 }
@@ -149,6 +153,9 @@ pub struct OrgState {
     /// Attribute types segments rely on, declared on every shard of the tenant
     /// (each shard infers types from its own customers' data otherwise).
     pub fields: HashMap<String, AttrType>,
+    /// Merged profiles: customer id -> the id it was merged into (always a
+    /// root: the target is not itself merged).
+    pub aliases: HashMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -210,6 +217,7 @@ impl Catalog {
                     by_engine_id: HashMap::new(),
                     webhooks: HashMap::new(),
                     fields: HashMap::new(),
+                    aliases: HashMap::new(),
                 },
             );
             Ok(())
@@ -240,6 +248,25 @@ impl Catalog {
                 org.fields.insert(name, ty);
                 Ok(())
             })?;
+            let alias_prefix = format!("t/{id}/alias/");
+            scan_all(store, alias_prefix.as_bytes(), &mut |k, v| {
+                let into: String = decode(k, v)?;
+                let from = String::from_utf8_lossy(&k[alias_prefix.len()..]).into_owned();
+                org.aliases.insert(from, into);
+                Ok(())
+            })?;
+            // Chains (a merged into b, b later into c) resolve to their root.
+            let direct = org.aliases.clone();
+            for target in org.aliases.values_mut() {
+                let mut hops = 0;
+                while let Some(next) = direct.get(target.as_str()) {
+                    hops += 1;
+                    if hops > 64 {
+                        break;
+                    }
+                    *target = next.clone();
+                }
+            }
             scan_all(store, format!("t/{id}/wh/").as_bytes(), &mut |k, v| {
                 let record: WebhookRecord = decode(k, v)?;
                 org.webhooks.insert(record.id, record);
@@ -300,7 +327,45 @@ impl Catalog {
                 by_engine_id: HashMap::new(),
                 webhooks: HashMap::new(),
                 fields: HashMap::new(),
+                aliases: HashMap::new(),
             });
+        })
+    }
+
+    /// The profile `customer` was merged into, if it was.
+    pub fn alias_of(&self, org: Uuid, customer: &str) -> Option<String> {
+        self.read(|s| s.orgs.get(&org)?.aliases.get(customer).cloned())
+    }
+
+    /// Records merges `from -> into` (`into` already resolved to a root).
+    /// Profiles merged into `from` earlier now point at `into` too.
+    pub fn put_aliases(&self, org: Uuid, merges: &[(String, String)]) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                for (from, into) in merges {
+                    for target in o.aliases.values_mut() {
+                        if target == from {
+                            *target = into.clone();
+                        }
+                    }
+                    o.aliases.insert(from.clone(), into.clone());
+                }
+            }
+        })
+    }
+
+    /// Every merge of `org`.
+    pub fn aliases(&self, org: Uuid) -> Vec<(String, String)> {
+        self.read(|s| {
+            s.orgs
+                .get(&org)
+                .map(|o| {
+                    o.aliases
+                        .iter()
+                        .map(|(a, b)| (a.clone(), b.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
         })
     }
 

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
-use xeno_engine::model::{AttrType, Event};
+use xeno_engine::model::{AttrType, Event, EventKind};
 use xeno_engine::ports::{EventLogPort, PortError, StatePort, StateWrite, WebhookPort};
 use xeno_engine::rule::compile::RuleError;
 use xeno_engine::rule::{Rule, dsl};
@@ -20,7 +20,7 @@ use xeno_engine::time::Timestamp;
 
 use crate::catalog::{
     ApiKeyRecord, Catalog, OrgRecord, Role, SegmentRecord, WEBHOOK_EVENTS, WebhookRecord,
-    api_key_key, delivery_key, delivery_prefix, encode, field_key, org_key, segment_key,
+    alias_key, api_key_key, delivery_key, delivery_prefix, encode, field_key, org_key, segment_key,
     webhook_key, write_key_key,
 };
 use crate::clock::{ClockActor, NowFn};
@@ -32,8 +32,8 @@ use crate::record::{LogRecord, partition_of};
 use crate::registry::{DispatcherEntry, Registry};
 use crate::segment::GetCount;
 use crate::shard::{
-    Append, DeclareFields, FieldTypes, GetCustomer, Members, Preview, PutSegment, RemoveSegment,
-    ShardActor, ShardSettings, SnapshotNow,
+    Append, DeclareFields, FieldTypes, GetCustomer, Members, MergeCustomers, Preview, PutSegment,
+    RemoveSegment, ShardActor, ShardSettings, SnapshotNow,
 };
 
 /// The ports the runtime runs on.
@@ -319,6 +319,13 @@ impl Runtime {
             ready.push(is_ready);
             arbiters.push(arbiter);
         }
+        registry.set_shards(
+            shards
+                .iter()
+                .cloned()
+                .zip(inflight.iter().cloned())
+                .collect(),
+        );
         let tick = settings.tick;
         ClockActor::start_in_arbiter(&io.handle(), move |_| ClockActor {
             tick,
@@ -444,6 +451,11 @@ impl Runtime {
         received_at: Timestamp,
     ) -> Result<(), RuntimeError> {
         let partitions = self.inner.shards.len() as u32;
+        let mut events = events;
+        let merges = self.resolve_identities(org, &mut events)?;
+        // The merges read what the shards have applied; this request's own
+        // events are re-keyed already and need not wait.
+        self.start_merges(org, merges);
         let mut by_partition: HashMap<u32, Vec<LogRecord>> = HashMap::new();
         for event in events {
             let key = event
@@ -530,6 +542,108 @@ impl Runtime {
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Links profiles: an `alias` (previousId -> userId), or any event with
+    /// both a userId and an anonymousId, merges the first profile into the
+    /// second (into its root, when that one was itself merged). New links are
+    /// recorded durably before the events are logged; every event of an
+    /// already merged id is re-keyed to the profile it lives in now. Returns
+    /// the new merges to carry out.
+    fn resolve_identities(
+        &self,
+        org: Uuid,
+        events: &mut [Event],
+    ) -> Result<Vec<(String, String)>, RuntimeError> {
+        let catalog = &self.inner.catalog;
+        let mut new: Vec<(String, String)> = Vec::new();
+        let root = |id: &str, new: &[(String, String)]| -> String {
+            let mut current = id.to_string();
+            for _ in 0..64 {
+                let next = new
+                    .iter()
+                    .find(|(from, _)| *from == current)
+                    .map(|(_, into)| into.clone())
+                    .or_else(|| catalog.alias_of(org, &current));
+                match next {
+                    Some(next) if next != current => current = next,
+                    _ => break,
+                }
+            }
+            current
+        };
+        for event in events.iter() {
+            let link = match &event.kind {
+                EventKind::Alias { previous_id } => event
+                    .user_id
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| (previous_id.clone(), u)),
+                _ => match (&event.user_id, &event.anonymous_id) {
+                    (Some(u), Some(a)) if !u.is_empty() && !a.is_empty() && u != a => {
+                        Some((a.clone(), u.clone()))
+                    }
+                    _ => None,
+                },
+            };
+            let Some((from, to)) = link else { continue };
+            if from.is_empty() || root(&from, &new) != from {
+                continue; // merged already (the first link wins)
+            }
+            let into = root(&to, &new);
+            if into == from {
+                continue;
+            }
+            for (_, target) in new.iter_mut() {
+                if *target == from {
+                    *target = into.clone();
+                }
+            }
+            new.push((from, into));
+        }
+        for event in events.iter_mut() {
+            let Some(key) = event.customer_key() else {
+                continue;
+            };
+            let into = root(key, &new);
+            if into != key {
+                event.user_id = Some(into);
+            }
+        }
+        if !new.is_empty() {
+            let writes = new
+                .iter()
+                .map(|(from, into)| StateWrite::Put(alias_key(org, from), encode(into)))
+                .collect();
+            let recorded = new.clone();
+            catalog.commit(&*self.inner.ports.store, writes, |c| {
+                c.put_aliases(org, &recorded)
+            })?;
+        }
+        Ok(new)
+    }
+
+    /// Hands new merges to the shards of the merged profiles.
+    fn start_merges(&self, org: Uuid, merges: Vec<(String, String)>) {
+        let partitions = self.inner.shards.len() as u32;
+        let mut by_partition: HashMap<u32, Vec<(String, String)>> = HashMap::new();
+        for (from, into) in merges {
+            by_partition
+                .entry(partition_of(org, &from, partitions))
+                .or_default()
+                .push((from, into));
+        }
+        for (p, merges) in by_partition {
+            let shard = self.inner.shards[p as usize].clone();
+            tokio::spawn(async move {
+                if shard.send(MergeCustomers { org, merges }).await.is_err() {
+                    tracing::error!(
+                        partition = p,
+                        "merge not handed to its shard; carried out at the next start"
+                    );
+                }
+            });
         }
     }
 

@@ -5,7 +5,7 @@
 //! notification rescans the durable outbox.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::dispatch::{DeliveryRecord, NewDeliveries, WebhookDispatcher};
 use crate::segment::{PartitionCount, SegmentActor};
+use crate::shard::ShardActor;
 
 pub struct DispatcherEntry {
     pub addr: Addr<WebhookDispatcher>,
@@ -22,6 +23,8 @@ pub struct DispatcherEntry {
 
 #[derive(Default)]
 pub struct Registry {
+    /// Each partition's shard actor and its count of events not yet applied.
+    shards: RwLock<Vec<(Addr<ShardActor>, Arc<AtomicI64>)>>,
     dispatchers: RwLock<HashMap<Uuid, DispatcherEntry>>,
     segments: RwLock<HashMap<(Uuid, u64), Addr<SegmentActor>>>,
     partitions: u32,
@@ -35,6 +38,16 @@ impl Registry {
             arbiter: Some(arbiter),
             ..Registry::default()
         }
+    }
+
+    pub fn set_shards(&self, shards: Vec<(Addr<ShardActor>, Arc<AtomicI64>)>) {
+        *self.shards.write().unwrap_or_else(|p| p.into_inner()) = shards;
+    }
+
+    /// The shard actor of `partition` and its pending-events counter.
+    pub fn shard(&self, partition: u32) -> Option<(Addr<ShardActor>, Arc<AtomicI64>)> {
+        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        shards.get(partition as usize).cloned()
     }
 
     pub fn add_dispatcher(&self, endpoint: Uuid, entry: DispatcherEntry) {

@@ -38,7 +38,7 @@ use xeno_engine::time::Timestamp;
 
 use crate::catalog::{Catalog, delivery_key, encode, shard_key};
 use crate::dispatch::{DeliveryRecord, DeliveryStatus};
-use crate::record::{LogRecord, TenantHistory, read_range};
+use crate::record::{LogRecord, TenantHistory, partition_of, read_range};
 use crate::registry::Registry;
 
 /// Settings of a shard actor.
@@ -214,6 +214,9 @@ pub struct ShardActor {
     gap_since: Option<Instant>,
     /// Events accepted by the facade and not yet applied (backpressure).
     inflight: Arc<AtomicI64>,
+    /// Events of merged customers, re-keyed to the profile they were merged
+    /// into, waiting to be appended to that profile's partition.
+    forwards: Vec<LogRecord>,
     /// Deltas waiting for their outbox commit.
     deltas: Vec<(Uuid, Delta)>,
     /// Deliveries whose commit failed; retried on the next tick.
@@ -256,6 +259,7 @@ impl ShardActor {
             pending: BTreeMap::new(),
             gap_since: None,
             inflight,
+            forwards: Vec::new(),
             deltas: Vec::new(),
             unflushed: Vec::new(),
             counts_changed: HashSet::new(),
@@ -311,6 +315,23 @@ impl ShardActor {
         )
         .map_err(|e| PortError::retryable(e.0))?;
 
+        // Merges recorded but not carried out before the stop.
+        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+            let partitions = self.log.partitions();
+            let pending: Vec<(String, String)> = self
+                .catalog
+                .aliases(org)
+                .into_iter()
+                .filter(|(from, _)| {
+                    partition_of(org, from, partitions) == self.partition
+                        && self.tenants[&org].customer_row(from).is_some()
+                })
+                .collect();
+            if !pending.is_empty() {
+                self.merge(org, pending);
+            }
+        }
+        self.flush_forwards();
         self.flush();
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
             self.touch_all_counts(org);
@@ -468,6 +489,16 @@ impl ShardActor {
                 "log records skipped"
             );
         }
+        if let Some(into) = record
+            .event
+            .customer_key()
+            .and_then(|key| self.catalog.alias_of(record.org, key))
+        {
+            // The customer was merged into `into`: the event belongs there.
+            self.forwards.push(rekey(record, &into));
+            self.applied = offset + 1;
+            return;
+        }
         let emit = offset >= self.outboxed;
         let org = record.org;
         let shard = self.tenant(org);
@@ -591,6 +622,100 @@ impl ShardActor {
             }
         }
         self.drain_pending();
+    }
+
+    /// Merges each `from` profile of this partition into its `into` profile:
+    /// the events `from` was built from are re-keyed to `into` and appended to
+    /// `into`'s partition (so `into` gets the state it would have had with
+    /// every event under its id), then `from` is removed, leaving its
+    /// segments. Re-keyed events get derived message ids, so carrying a merge
+    /// out twice (after a crash) applies them once.
+    ///
+    /// The events are found by reading this partition's retained log: a merge
+    /// costs a scan of it (batched per request).
+    fn merge(&mut self, org: Uuid, merges: Vec<(String, String)>) {
+        let Some(shard) = self.tenants.get(&org) else {
+            return;
+        };
+        let targets: HashMap<String, String> = merges
+            .into_iter()
+            .filter(|(from, _)| shard.customer_row(from).is_some())
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let log = self.log.clone();
+        let mut moved = Vec::new();
+        let read = read_range(&*log, self.partition, 0, self.applied, &mut |_, record| {
+            if record.org != org {
+                return;
+            }
+            if let Some(into) = record.event.customer_key().and_then(|k| targets.get(k)) {
+                moved.push(rekey(&record, into));
+            }
+        });
+        if let Err(e) = read {
+            tracing::error!(partition = self.partition, org = %org, error = %e, "reading the log for a merge failed; retried at the next start");
+            return;
+        }
+        let count = moved.len();
+        self.forwards.extend(moved);
+        self.flush_forwards();
+        if !self.forwards.is_empty() {
+            // Not appended: keep the profiles until a later attempt succeeds.
+            return;
+        }
+        let mut out = Vec::new();
+        if let Some(shard) = self.tenants.get_mut(&org) {
+            for from in targets.keys() {
+                shard.remove_customer(from, &mut out);
+            }
+        }
+        metrics::counter!("xeno_profiles_merged_total").increment(targets.len() as u64);
+        tracing::info!(partition = self.partition, org = %org, profiles = targets.len(), events = count, "profiles merged");
+        self.deltas.extend(out.into_iter().map(|d| (org, d)));
+    }
+
+    /// Appends forwarded events to their partitions and hands them to their
+    /// shards. On failure they stay queued for the next tick.
+    fn flush_forwards(&mut self) {
+        if self.forwards.is_empty() {
+            return;
+        }
+        let partitions = self.log.partitions();
+        let mut by_partition: BTreeMap<u32, Vec<LogRecord>> = BTreeMap::new();
+        for record in std::mem::take(&mut self.forwards) {
+            let p = record
+                .event
+                .customer_key()
+                .map_or(self.partition, |k| partition_of(record.org, k, partitions));
+            by_partition.entry(p).or_default().push(record);
+        }
+        for (p, records) in by_partition {
+            let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
+            match self.log.append(p, encoded) {
+                Ok(range) => {
+                    let Some((addr, flight)) = self.registry.shard(p) else {
+                        continue; // read back from the log by the gap repair
+                    };
+                    let n = records.len() as i64;
+                    flight.fetch_add(n, Ordering::AcqRel);
+                    actix::spawn(async move {
+                        let message = Append {
+                            first: range.start,
+                            records,
+                        };
+                        if addr.send(message).await.is_err() {
+                            flight.fetch_sub(n, Ordering::AcqRel);
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(partition = self.partition, to = p, error = %e, "forwarding merged events failed; retrying");
+                    self.forwards.extend(records);
+                }
+            }
+        }
     }
 
     /// Turns queued deltas into outbox deliveries, commits them with the
@@ -894,6 +1019,41 @@ impl ShardActor {
     }
 }
 
+/// `record` as an event of `into`, with a message id derived from the
+/// original and the target (stable, so a repeated merge deduplicates).
+fn rekey(record: &LogRecord, into: &str) -> LogRecord {
+    let mut moved = record.clone();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(record.event.message_id.as_bytes());
+    h.update(&[0]);
+    h.update(into.as_bytes());
+    moved.event.message_id = format!("merged-{:032x}", h.digest128());
+    moved.event.user_id = Some(into.to_string());
+    moved
+}
+
+/// Merge profiles of this partition into others (see [`ShardActor::merge`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MergeCustomers {
+    pub org: Uuid,
+    /// (from, into) pairs; `from` lives in this partition.
+    pub merges: Vec<(String, String)>,
+}
+
+impl Handler<MergeCustomers> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MergeCustomers, _: &mut Self::Context) {
+        if self.failed {
+            return;
+        }
+        self.merge(msg.org, msg.merges);
+        self.flush();
+        self.publish_counts();
+    }
+}
+
 /// A customer's data from a shard, values as JSON.
 pub fn customer_data(shard: &Shard, id: &str) -> Option<CustomerData> {
     let view = shard.customer(id)?;
@@ -946,6 +1106,7 @@ impl Handler<Append> for ShardActor {
         }
         self.pending.insert(msg.first, msg.records);
         self.drain_pending();
+        self.flush_forwards();
         self.flush();
         self.publish_counts();
         metrics::counter!("xeno_events_applied_total").increment(count);
@@ -983,6 +1144,7 @@ impl Handler<Tick> for ShardActor {
                 Err(_) => self.recover_tenant_after_panic(org, self.applied),
             }
         }
+        self.flush_forwards();
         self.flush();
         self.publish_counts();
         self.maybe_snapshot(ctx);

@@ -387,3 +387,149 @@ fn retries_keep_the_webhook_id_dead_letters_replay_and_410_disables() {
         ));
     });
 }
+
+fn anonymous_order(message: &str, anonymous: &str, revenue: i64) -> Event {
+    let mut event = Event::track(
+        message,
+        "x",
+        now(),
+        "Order Completed",
+        json!({"revenue": revenue}),
+    );
+    event.user_id = None;
+    event.anonymous_id = Some(anonymous.to_string());
+    event
+}
+
+#[test]
+fn anonymous_profiles_merge_into_the_identified_one_and_stay_merged_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    let org = system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let buyers = runtime
+            .create_segment(
+                org,
+                "buyers",
+                parse_rule(&json!("order_count >= 2")).unwrap(),
+            )
+            .await
+            .unwrap();
+        // An anonymous visitor orders twice and enters the segment.
+        runtime
+            .ingest(
+                org,
+                vec![
+                    anonymous_order("a-1", "anon-1", 10),
+                    anonymous_order("a-2", "anon-1", 20),
+                ],
+                now(),
+            )
+            .await
+            .unwrap();
+        eventually(async || {
+            let c = runtime.customer(org, "anon-1").await.ok()?;
+            (c.computed["order_count"] == json!(2.0)).then_some(())
+        })
+        .await;
+
+        // They sign up: identify with both ids, and order once more as ada.
+        let mut identify = Event::identify("i-1", "ada", now(), json!({"plan": "pro"}));
+        identify.anonymous_id = Some("anon-1".into());
+        let order = Event::track(
+            "o-1",
+            "ada",
+            now(),
+            "Order Completed",
+            json!({"revenue": 5}),
+        );
+        runtime
+            .ingest(org, vec![identify, order], now())
+            .await
+            .unwrap();
+        let ada = eventually(async || {
+            let c = runtime.customer(org, "ada").await.ok()?;
+            (c.computed["order_count"] == json!(3.0)).then_some(c)
+        })
+        .await;
+        assert_eq!(ada.computed["total_spend"], json!(35.0));
+        assert_eq!(ada.attributes["plan"], json!("pro"));
+        assert!(matches!(
+            runtime.customer(org, "anon-1").await,
+            Err(RuntimeError::NotFound(_))
+        ));
+        let members = eventually(async || {
+            let page = runtime.members(org, buyers.id, None, 10).await.ok()?;
+            (page.items == vec!["ada".to_string()]).then_some(page)
+        })
+        .await;
+        assert_eq!(members.items, ["ada"]);
+        assert_eq!(
+            runtime
+                .get_segment(org, buyers.id)
+                .await
+                .unwrap()
+                .member_count,
+            1
+        );
+
+        // A later anonymous event of the merged id lands on ada; so does an
+        // alias of another anonymous profile.
+        runtime
+            .ingest(
+                org,
+                vec![
+                    anonymous_order("a-3", "anon-1", 1),
+                    anonymous_order("b-1", "anon-2", 100),
+                ],
+                now(),
+            )
+            .await
+            .unwrap();
+        let mut alias = Event::identify("al-1", "ada", now(), json!({}));
+        alias.kind = xeno_engine::model::EventKind::Alias {
+            previous_id: "anon-2".into(),
+        };
+        runtime.ingest(org, vec![alias], now()).await.unwrap();
+        eventually(async || {
+            let c = runtime.customer(org, "ada").await.ok()?;
+            (c.computed["order_count"] == json!(5.0) && c.computed["total_spend"] == json!(136.0))
+                .then_some(())
+        })
+        .await;
+        assert!(matches!(
+            runtime.customer(org, "anon-2").await,
+            Err(RuntimeError::NotFound(_))
+        ));
+        runtime.shutdown().await;
+        org
+    });
+    drop(system);
+
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let ada = runtime.customer(org, "ada").await.unwrap();
+        assert_eq!(ada.computed["order_count"], json!(5.0));
+        assert_eq!(ada.computed["total_spend"], json!(136.0));
+        assert!(matches!(
+            runtime.customer(org, "anon-1").await,
+            Err(RuntimeError::NotFound(_))
+        ));
+        // Still linked after the restart.
+        runtime
+            .ingest(org, vec![anonymous_order("a-4", "anon-1", 4)], now())
+            .await
+            .unwrap();
+        eventually(async || {
+            let c = runtime.customer(org, "ada").await.ok()?;
+            (c.computed["order_count"] == json!(6.0)).then_some(())
+        })
+        .await;
+        runtime.shutdown().await;
+    });
+}

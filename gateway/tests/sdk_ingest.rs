@@ -210,3 +210,89 @@ fn both_python_sdks_land_attributes_computed_traits_and_segments() {
         );
     }
 }
+
+/// Sends `messages` through the SDKs.
+fn send(server: &Server, messages: &Value) {
+    run_python(
+        "sdk_send.py",
+        &[
+            "--host",
+            &server.base_url,
+            "--write-key",
+            WRITE_KEY,
+            "--messages",
+            &messages.to_string(),
+        ],
+    );
+}
+
+/// Anonymous activity merges into the customer it turns out to be: through an
+/// identify that carries both ids (each SDK), and through an alias call.
+#[test]
+fn anonymous_activity_merges_into_the_identified_customer() {
+    common::python();
+    let server = Server::start();
+    let order = |sdk: &str, anonymous: &str, revenue: i64| {
+        json!({"sdk": sdk, "type": "track", "anonymous_id": anonymous,
+               "event": "Order Completed", "properties": {"revenue": revenue}})
+    };
+    send(
+        &server,
+        &json!([
+            order("segment", "anon-seg", 30),
+            order("segment", "anon-seg", 40),
+            order("rudderstack", "anon-rud", 7),
+            order("segment", "anon-alias", 100),
+        ]),
+    );
+    for anonymous in ["anon-seg", "anon-rud", "anon-alias"] {
+        poll_until(
+            &format!("the anonymous profile {anonymous}"),
+            Duration::from_secs(10),
+            || server.customer(anonymous).map(|_| ()),
+        );
+    }
+    send(
+        &server,
+        &json!([
+            {"sdk": "segment", "type": "identify", "user_id": "merge-seg",
+             "anonymous_id": "anon-seg", "traits": {"plan": "pro"}},
+            {"sdk": "rudderstack", "type": "identify", "user_id": "merge-rud",
+             "anonymous_id": "anon-rud", "traits": {"plan": "free"}},
+            {"sdk": "segment", "type": "alias", "previous_id": "anon-alias", "user_id": "merge-seg"},
+        ]),
+    );
+    for (customer, orders, spend) in [("merge-seg", 3.0, 170.0), ("merge-rud", 1.0, 7.0)] {
+        poll_until(
+            &format!("{customer} to hold the merged orders"),
+            Duration::from_secs(10),
+            || {
+                let c = server.customer(customer)?;
+                let got = (&c["computed"]["order_count"], &c["computed"]["total_spend"]);
+                if got == (&json!(orders), &json!(spend)) {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?} in {c}"))
+                }
+            },
+        );
+    }
+    for anonymous in ["anon-seg", "anon-rud", "anon-alias"] {
+        let reply = server.admin_get(&format!("/customers/{anonymous}"));
+        assert_eq!(reply.status, 404, "{anonymous} was merged: {}", reply.body);
+    }
+    // Later anonymous activity of a merged visitor lands on the customer.
+    send(&server, &json!([order("rudderstack", "anon-rud", 3)]));
+    poll_until(
+        "the later order on merge-rud",
+        Duration::from_secs(10),
+        || {
+            let c = server.customer("merge-rud")?;
+            if c["computed"]["order_count"] == json!(2.0) {
+                Ok(())
+            } else {
+                Err(c.to_string())
+            }
+        },
+    );
+}

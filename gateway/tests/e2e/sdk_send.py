@@ -5,9 +5,11 @@ SDKs, as a customer's backend would.
     sdk_send.py --host http://127.0.0.1:PORT --write-key KEY --messages JSON
 
 JSON is a list of messages, each
-`{"sdk": "segment"|"rudderstack", "type": "identify"|"track", "user_id": "...",
-  "traits": {...}, "event": "...", "properties": {...}, "timestamp": "RFC 3339"}`
-(`traits` for identify; `event` and `properties` for track; `timestamp` optional).
+`{"sdk": "segment"|"rudderstack", "type": "identify"|"track"|"alias", "user_id": "...",
+  "anonymous_id": "...", "previous_id": "...", "traits": {...}, "event": "...",
+  "properties": {...}, "timestamp": "RFC 3339"}`
+(`traits` for identify; `event` and `properties` for track; `previous_id` for alias;
+`user_id` and/or `anonymous_id` for identify and track; `timestamp` optional).
 Both SDKs batch them to `/v1/batch` with their defaults (the Segment SDK sends plain
 JSON with the write key repeated in the body; the RudderStack SDK gzips and puts the
 traits of an identify in `context.traits`). Both are flushed and shut down; the
@@ -71,16 +73,21 @@ def main():
         timestamp = message.get("timestamp")
         if timestamp is not None:
             timestamp = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        ids = {"user_id": message.get("user_id"), "anonymous_id": message.get("anonymous_id")}
         if message["type"] == "identify":
             queued, _ = client.identify(
-                user_id=message["user_id"], traits=message.get("traits", {}), timestamp=timestamp
+                traits=message.get("traits", {}), timestamp=timestamp, **ids
             )
         elif message["type"] == "track":
             queued, _ = client.track(
-                user_id=message["user_id"],
                 event=message["event"],
                 properties=message.get("properties", {}),
                 timestamp=timestamp,
+                **ids,
+            )
+        elif message["type"] == "alias":
+            queued, _ = client.alias(
+                previous_id=message["previous_id"], user_id=message["user_id"], timestamp=timestamp
             )
         else:
             raise SystemExit(f"sdk_send.py: unsupported message type {message['type']!r}")
