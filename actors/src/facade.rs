@@ -396,7 +396,20 @@ impl Runtime {
 
     /// Snapshots every shard and stops the actors.
     pub async fn shutdown(&self) {
-        for shard in &self.inner.shards {
+        self.stop(true).await
+    }
+
+    /// Stops the actors without the final snapshots: what a crash leaves
+    /// behind, for recovery tests.
+    pub async fn stop_without_snapshot(&self) {
+        self.stop(false).await
+    }
+
+    async fn stop(&self, snapshot: bool) {
+        if !snapshot {
+            self.inner.registry.halting.store(true, Ordering::Release);
+        }
+        for shard in self.inner.shards.iter().filter(|_| snapshot) {
             match tokio::time::timeout(Duration::from_secs(30), shard.send(SnapshotNow)).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final snapshot failed"),

@@ -23,6 +23,8 @@ pub struct DispatcherEntry {
 
 #[derive(Default)]
 pub struct Registry {
+    /// Set when the runtime stops without final snapshots (a simulated crash).
+    pub halting: AtomicBool,
     /// Each partition's shard actor and its count of events not yet applied.
     shards: RwLock<Vec<(Addr<ShardActor>, Arc<AtomicI64>)>>,
     dispatchers: RwLock<HashMap<Uuid, DispatcherEntry>>,

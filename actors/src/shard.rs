@@ -315,6 +315,17 @@ impl ShardActor {
         )
         .map_err(|e| PortError::retryable(e.0))?;
 
+        // Time passed while the server was down: windows that closed meanwhile
+        // close now, before the shard serves.
+        let now = crate::clock::now();
+        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+            let shard = self.tenants.get_mut(&org).expect("listed above");
+            let mut out = Vec::new();
+            match catch_unwind(AssertUnwindSafe(|| shard.advance_time(now, &mut out))) {
+                Ok(()) => self.deltas.extend(out.into_iter().map(|d| (org, d))),
+                Err(_) => self.recover_tenant_after_panic(org, self.applied),
+            }
+        }
         // Merges recorded but not carried out before the stop.
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
             let partitions = self.log.partitions();
@@ -724,6 +735,14 @@ impl ShardActor {
         let deltas = std::mem::take(&mut self.deltas);
         let mut deliveries = std::mem::take(&mut self.unflushed);
         let now = crate::clock::now();
+        // The last transition sent per (endpoint, segment, customer): a pair's
+        // transitions alternate, so a repeat of the last one is a transition
+        // produced again after a restart (a window that closed before the
+        // crash, a rule change reconciled again) and is not sent twice.
+        let mut last_sent: HashMap<Vec<u8>, Vec<u8>> = deliveries
+            .iter()
+            .filter_map(|(org, d)| last_sent_marker(*org, d))
+            .collect();
         for (org, delta) in deltas {
             self.counts_changed.insert((org, delta.segment.0));
             if delta.cause == Cause::Backfill {
@@ -771,7 +790,19 @@ impl ShardActor {
                 }
             });
             for endpoint in endpoints {
-                deliveries.push((org, DeliveryRecord::new(endpoint, payload.clone(), now)));
+                let delivery = DeliveryRecord::new(endpoint, payload.clone(), now);
+                if let Some((key, transition)) = last_sent_marker(org, &delivery) {
+                    let previous = match last_sent.get(&key) {
+                        Some(t) => Some(t.clone()),
+                        None => self.store.get(&key).ok().flatten(),
+                    };
+                    if previous.as_deref() == Some(transition.as_slice()) {
+                        metrics::counter!("xeno_webhook_repeats_suppressed_total").increment(1);
+                        continue;
+                    }
+                    last_sent.insert(key, transition);
+                }
+                deliveries.push((org, delivery));
             }
         }
         if deliveries.is_empty() {
@@ -781,6 +812,12 @@ impl ShardActor {
             .iter()
             .map(|(org, d)| StateWrite::Put(delivery_key(*org, d.endpoint, &d.id), encode(d)))
             .collect();
+        writes.extend(
+            deliveries
+                .iter()
+                .filter_map(|(org, d)| last_sent_marker(*org, d))
+                .map(|(k, v)| StateWrite::Put(k, v)),
+        );
         writes.push(StateWrite::Put(
             partition_key(self.partition, "outboxed"),
             self.applied.to_be_bytes().to_vec(),
@@ -1019,6 +1056,19 @@ impl ShardActor {
     }
 }
 
+/// The "last transition sent" key of a membership delivery and its value
+/// (`entered`/`exited`): `t/{org}/last/{endpoint}/{segment}/{customer}`.
+fn last_sent_marker(org: Uuid, delivery: &DeliveryRecord) -> Option<(Vec<u8>, Vec<u8>)> {
+    let data = delivery.payload.get("data")?;
+    let segment = data.get("segment")?.get("id")?.as_str()?;
+    let customer = data.get("customer")?.get("id")?.as_str()?;
+    let transition = data.get("transition")?.as_str()?;
+    Some((
+        format!("t/{org}/last/{}/{segment}/{customer}", delivery.endpoint).into_bytes(),
+        transition.as_bytes().to_vec(),
+    ))
+}
+
 /// `record` as an event of `into`, with a message id derived from the
 /// original and the target (stable, so a repeated merge deduplicates).
 fn rekey(record: &LogRecord, into: &str) -> LogRecord {
@@ -1081,6 +1131,9 @@ impl Actor for ShardActor {
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if self.registry.halting.load(Ordering::Acquire) {
+            return Running::Stop;
+        }
         if let Err(e) = self.snapshot() {
             tracing::warn!(partition = self.partition, error = %e, "final snapshot failed");
         }

@@ -533,3 +533,63 @@ fn anonymous_profiles_merge_into_the_identified_one_and_stay_merged_after_a_rest
         runtime.shutdown().await;
     });
 }
+
+/// A window that closed before a crash closes again in the replay; the exit
+/// was already sent and is not sent again under a new id.
+#[test]
+fn a_transition_sent_before_a_crash_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    let org = system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime.org_for_write_key("wk_test").unwrap();
+        runtime
+            .create_segment(
+                org,
+                "recent",
+                parse_rule(&json!("performed \"Order Completed\" within 1s")).unwrap(),
+            )
+            .await
+            .unwrap();
+        runtime
+            .create_webhook(
+                org,
+                "http://127.0.0.1:9/hook".into(),
+                vec!["segment.entered".into(), "segment.exited".into()],
+                None,
+            )
+            .unwrap();
+        runtime
+            .ingest(org, orders(1, 1, now()), now())
+            .await
+            .unwrap();
+        eventually(async || (recorder.bodies().len() == 2).then_some(())).await;
+        // No snapshot was taken (snapshot_every is an hour): the restart
+        // replays the order and the window closes again.
+        runtime.stop_without_snapshot().await;
+        org
+    });
+    drop(system);
+    let types: Vec<String> = recorder
+        .bodies()
+        .iter()
+        .map(|(_, b)| b["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["segment.entered", "segment.exited"]);
+
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let c = runtime.customer(org, "c0").await.unwrap();
+        assert!(
+            c.segments.is_empty(),
+            "the window is closed after the restart too"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        runtime.shutdown().await;
+    });
+    assert_eq!(recorder.bodies().len(), 2, "{:?}", recorder.bodies());
+}
