@@ -332,6 +332,11 @@ impl Catalog {
         })
     }
 
+    /// Whether any profile of `org` was merged (a fast path for the hot loops).
+    pub fn has_aliases(&self, org: Uuid) -> bool {
+        self.read(|s| s.orgs.get(&org).is_some_and(|o| !o.aliases.is_empty()))
+    }
+
     /// The profile `customer` was merged into, if it was.
     pub fn alias_of(&self, org: Uuid, customer: &str) -> Option<String> {
         self.read(|s| s.orgs.get(&org)?.aliases.get(customer).cloned())

@@ -615,6 +615,9 @@ impl Runtime {
             }
             new.push((from, into));
         }
+        if new.is_empty() && !catalog.has_aliases(org) {
+            return Ok(new);
+        }
         for event in events.iter_mut() {
             let Some(key) = event.customer_key() else {
                 continue;

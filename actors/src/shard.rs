@@ -503,6 +503,7 @@ impl ShardActor {
         if let Some(into) = record
             .event
             .customer_key()
+            .filter(|_| self.catalog.has_aliases(record.org))
             .and_then(|key| self.catalog.alias_of(record.org, key))
         {
             // The customer was merged into `into`: the event belongs there.
