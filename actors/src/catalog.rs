@@ -170,6 +170,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Catalog {
     state: RwLock<State>,
+    /// Held across a read-modify-write of a record and its commit, so two
+    /// writers (a rotation and a 410 disable) cannot lose each other's change.
+    modify: std::sync::Mutex<()>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T, PortError> {
@@ -275,6 +278,7 @@ impl Catalog {
         }
         Ok(Catalog {
             state: RwLock::new(state),
+            modify: std::sync::Mutex::new(()),
         })
     }
 
@@ -432,6 +436,29 @@ impl Catalog {
     pub fn webhook(&self, org: Uuid, id: Uuid) -> Option<WebhookRecord> {
         self.with_org(org, |o| o.webhooks.get(&id).cloned())
             .flatten()
+    }
+
+    /// Changes a webhook endpoint atomically with respect to other changes:
+    /// `change` sees the current record and says whether it changed it; the
+    /// record is then committed and cached. `None` when there is no such
+    /// endpoint.
+    pub fn modify_webhook<E: From<PortError>>(
+        &self,
+        store: &dyn StatePort,
+        org: Uuid,
+        id: Uuid,
+        change: impl FnOnce(&mut WebhookRecord) -> Result<bool, E>,
+    ) -> Result<Option<WebhookRecord>, E> {
+        let _guard = self.modify.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut record) = self.webhook(org, id) else {
+            return Ok(None);
+        };
+        if change(&mut record)? {
+            let write = StateWrite::Put(webhook_key(org, id), encode(&record));
+            store.commit(vec![write], true)?;
+            self.put_webhook(org, record.clone());
+        }
+        Ok(Some(record))
     }
 
     /// Writes `writes` durably, then applies `then` to memory.

@@ -25,7 +25,7 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 use xeno_engine::ports::{StatePort, StateWrite, WebhookOutcome, WebhookPort, WebhookRequest};
 
-use crate::catalog::{Catalog, delivery_key, delivery_prefix, encode, webhook_key};
+use crate::catalog::{Catalog, delivery_key, delivery_prefix, encode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -290,25 +290,23 @@ impl WebhookDispatcher {
     }
 
     fn disable_after_gone(&mut self) {
-        let Some(mut endpoint) = self.catalog.webhook(self.org, self.endpoint) else {
-            return;
-        };
-        if !endpoint.enabled {
-            return;
-        }
-        endpoint.enabled = false;
-        endpoint.disabled_reason = Some("the endpoint answered 410 Gone".into());
-        endpoint.updated_at = xeno_engine::time::Timestamp(now_ms()).to_rfc3339();
-        let write = StateWrite::Put(webhook_key(self.org, self.endpoint), encode(&endpoint));
-        let org = self.org;
-        match self
-            .catalog
-            .commit(&*self.store, vec![write], |c| c.put_webhook(org, endpoint))
-        {
-            Ok(()) => {
+        let result =
+            self.catalog
+                .modify_webhook(&*self.store, self.org, self.endpoint, |endpoint| {
+                    if !endpoint.enabled {
+                        return Ok::<_, xeno_engine::ports::PortError>(false);
+                    }
+                    endpoint.enabled = false;
+                    endpoint.disabled_reason = Some("the endpoint answered 410 Gone".into());
+                    endpoint.updated_at = xeno_engine::time::Timestamp(now_ms()).to_rfc3339();
+                    Ok(true)
+                });
+        match result {
+            Ok(Some(endpoint)) if !endpoint.enabled => {
                 tracing::warn!(org = %self.org, endpoint = %self.endpoint, "webhook endpoint disabled after 410");
                 metrics::counter!("xeno_webhook_endpoints_disabled_total").increment(1);
             }
+            Ok(_) => {}
             Err(e) => {
                 tracing::error!(endpoint = %self.endpoint, error = %e, "disabling the endpoint failed")
             }

@@ -1246,18 +1246,28 @@ impl Runtime {
         })
     }
 
-    fn save_webhook(&self, org: Uuid, record: WebhookRecord) -> Result<(), RuntimeError> {
-        let write = StateWrite::Put(webhook_key(org, record.id), encode(&record));
-        let id = record.id;
-        self.inner
+    /// Applies `change` to the endpoint under the catalog's write lock and
+    /// tells its dispatcher.
+    fn change_webhook(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        change: impl FnOnce(&mut WebhookRecord) -> Result<(), RuntimeError>,
+    ) -> Result<WebhookRecord, RuntimeError> {
+        self.require_org(org)?;
+        let record = self
+            .inner
             .catalog
-            .commit(&*self.inner.ports.store, vec![write], |c| {
-                c.put_webhook(org, record)
-            })?;
+            .modify_webhook(&*self.inner.ports.store, org, id, |record| {
+                change(record)?;
+                record.updated_at = now().to_rfc3339();
+                Ok::<_, RuntimeError>(true)
+            })?
+            .ok_or_else(|| RuntimeError::NotFound("webhook".into()))?;
         if let Some(addr) = self.inner.registry.dispatcher(id) {
             let _ = addr.try_send(EndpointChanged);
         }
-        Ok(())
+        Ok(record)
     }
 
     pub fn update_webhook(
@@ -1266,25 +1276,24 @@ impl Runtime {
         id: Uuid,
         change: WebhookChange,
     ) -> Result<WebhookInfo, RuntimeError> {
-        let mut record = self.webhook_record(org, id)?;
-        if let Some(url) = change.url {
-            record.url = url.trim().to_string();
-        }
-        if let Some(events) = change.events {
-            record.events = events;
-        }
-        if let Some(segments) = change.segments {
-            record.segments = segments;
-        }
-        if let Some(enabled) = change.enabled {
-            record.enabled = enabled;
-            if enabled {
-                record.disabled_reason = None;
+        let record = self.change_webhook(org, id, |record| {
+            if let Some(url) = change.url {
+                record.url = url.trim().to_string();
             }
-        }
-        self.check_webhook(org, &record)?;
-        record.updated_at = now().to_rfc3339();
-        self.save_webhook(org, record.clone())?;
+            if let Some(events) = change.events {
+                record.events = events;
+            }
+            if let Some(segments) = change.segments {
+                record.segments = segments;
+            }
+            if let Some(enabled) = change.enabled {
+                record.enabled = enabled;
+                if enabled {
+                    record.disabled_reason = None;
+                }
+            }
+            self.check_webhook(org, record)
+        })?;
         Ok(WebhookInfo::of(&record, false))
     }
 
@@ -1305,13 +1314,14 @@ impl Runtime {
     /// A new secret; the old one keeps signing for 24 hours so receivers can
     /// switch without a gap.
     pub fn rotate_webhook_secret(&self, org: Uuid, id: Uuid) -> Result<WebhookInfo, RuntimeError> {
-        let mut record = self.webhook_record(org, id)?;
-        let at = now();
-        let old = std::mem::replace(&mut record.secret, self.inner.ports.webhooks.new_secret()?);
-        record.previous_secrets.retain(|(_, until)| *until > at.0);
-        record.previous_secrets.push((old, at.0 + 24 * 3_600_000));
-        record.updated_at = at.to_rfc3339();
-        self.save_webhook(org, record.clone())?;
+        let secret = self.inner.ports.webhooks.new_secret()?;
+        let record = self.change_webhook(org, id, |record| {
+            let at = now().0;
+            let old = std::mem::replace(&mut record.secret, secret);
+            record.previous_secrets.retain(|(_, until)| *until > at);
+            record.previous_secrets.push((old, at + 24 * 3_600_000));
+            Ok(())
+        })?;
         Ok(WebhookInfo::of(&record, true))
     }
 

@@ -156,6 +156,24 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
     }
 }
 
+/// Runs a facade call that writes or scans storage (an fsync, a scan of a
+/// delivery history) on the blocking pool, off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    call: impl FnOnce(xeno_actors::Runtime) -> Result<T, xeno_actors::RuntimeError> + Send + 'static,
+) -> Result<T, Problem> {
+    let runtime = state.runtime.clone();
+    tokio::task::spawn_blocking(move || call(runtime))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            )
+        })?
+        .map_err(Problem::from)
+}
+
 /// Parses a path id.
 pub fn path_id(text: &str, what: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(text).map_err(|_| Problem::not_found(what))

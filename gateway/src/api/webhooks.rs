@@ -11,7 +11,9 @@ use xeno_actors::dispatch::{DeliveryRecord, DeliveryStatus};
 use xeno_actors::{WebhookChange, WebhookInfo};
 
 use super::problem::Problem;
-use super::{Access, ApiBody, ApiQuery, AppState, authorize, json_body, page_limit, path_id};
+use super::{
+    Access, ApiBody, ApiQuery, AppState, authorize, blocking, json_body, page_limit, path_id,
+};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -85,9 +87,10 @@ pub async fn create(
             .map(|e| e.to_string())
             .collect()
     });
-    let info = state
-        .runtime
-        .create_webhook(org, body.url, events, body.segments)?;
+    let info = blocking(&state, move |r| {
+        r.create_webhook(org, body.url, events, body.segments)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -140,7 +143,9 @@ pub async fn update(
         segments: body.segments,
         enabled: body.enabled,
     };
-    Ok(Json(state.runtime.update_webhook(org, id, change)?))
+    Ok(Json(
+        blocking(&state, move |r| r.update_webhook(org, id, change)).await?,
+    ))
 }
 
 #[utoipa::path(operation_id = "delete_webhook", delete, path = "/api/v1/orgs/{org}/webhooks/{id}", tag = "webhooks",
@@ -154,7 +159,7 @@ pub async fn delete(
 ) -> Result<StatusCode, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "webhook")?;
-    state.runtime.delete_webhook(org, id)?;
+    blocking(&state, move |r| r.delete_webhook(org, id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -169,7 +174,9 @@ pub async fn rotate(
 ) -> Result<Json<WebhookInfo>, Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "webhook")?;
-    Ok(Json(state.runtime.rotate_webhook_secret(org, id)?))
+    Ok(Json(
+        blocking(&state, move |r| r.rotate_webhook_secret(org, id)).await?,
+    ))
 }
 
 #[utoipa::path(operation_id = "test_webhook", post, path = "/api/v1/orgs/{org}/webhooks/{id}/test", tag = "webhooks",
@@ -182,7 +189,7 @@ pub async fn test(
 ) -> Result<(StatusCode, Json<Queued>), Problem> {
     let org = authorize(&state, &headers, &org, Access::Write)?;
     let id = path_id(&id, "webhook")?;
-    let delivery = state.runtime.test_webhook(org, id)?;
+    let delivery = blocking(&state, move |r| r.test_webhook(org, id)).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { id: delivery })))
 }
 
@@ -211,9 +218,11 @@ pub async fn deliveries(
         }
     };
     let limit = page_limit(query.limit)?;
-    let page = state
-        .runtime
-        .deliveries(org, id, status, query.cursor.as_deref(), limit)?;
+    let cursor = query.cursor;
+    let page = blocking(&state, move |r| {
+        r.deliveries(org, id, status, cursor.as_deref(), limit)
+    })
+    .await?;
     Ok(Json(DeliveryList {
         items: page.items,
         next_cursor: page.next_cursor,
