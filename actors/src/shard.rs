@@ -225,6 +225,8 @@ pub struct ShardActor {
     last_snapshot: Instant,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
+    /// When the last `Append` arrived.
+    last_append: Instant,
     /// Recovery failed: the actor serves nothing and writes nothing, so a
     /// half-loaded state never overwrites good snapshots.
     failed: bool,
@@ -266,6 +268,7 @@ impl ShardActor {
             last_snapshot: Instant::now(),
             events_since_snapshot: 0,
             snapshot_in_flight: false,
+            last_append: Instant::now(),
             failed: false,
             tick_queued: Arc::new(AtomicBool::new(false)),
             ready,
@@ -632,6 +635,35 @@ impl ShardActor {
             if offset == self.applied {
                 self.apply_record(offset, &record);
             }
+        }
+        self.drain_pending();
+    }
+
+    /// Applies records past `applied` that no `Append` announced (their
+    /// hand-off was lost, or they were appended while the shards were still
+    /// starting). Called when the partition has been quiet for a while, so an
+    /// `Append` still on its way finds them applied and is skipped.
+    fn catch_up_tail(&mut self) {
+        let mut records = Vec::new();
+        let log = self.log.clone();
+        let until = self.applied.saturating_add(4096);
+        if let Err(e) = read_range(&*log, self.partition, self.applied, until, &mut |o, r| {
+            records.push((o, r))
+        }) {
+            tracing::error!(partition = self.partition, error = %e, "reading the log tail failed");
+            return;
+        }
+        if records.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            partition = self.partition,
+            from = self.applied,
+            records = records.len(),
+            "applying log records that were never handed off"
+        );
+        for (offset, record) in records {
+            self.apply_record(offset, &record);
         }
         self.drain_pending();
     }
@@ -1152,6 +1184,7 @@ impl Handler<Append> for ShardActor {
             return;
         }
         let started = Instant::now();
+        self.last_append = started;
         let count = msg.records.len() as u64;
         if msg.first + count <= self.applied {
             // Already applied (read back from the log after a gap).
@@ -1183,6 +1216,10 @@ impl Handler<Tick> for ShardActor {
             .is_some_and(|since| since.elapsed() > std::time::Duration::from_secs(2))
         {
             self.repair_gap();
+        }
+        if self.pending.is_empty() && self.last_append.elapsed() > std::time::Duration::from_secs(1)
+        {
+            self.catch_up_tail();
         }
         let orgs: Vec<Uuid> = self.tenants.keys().copied().collect();
         for org in orgs {
