@@ -62,6 +62,9 @@ pub struct DispatchSettings {
     pub max_attempts: u32,
     pub max_in_flight: usize,
     pub timeout: Duration,
+    /// Delivered deliveries are kept this long for the deliveries list, dead
+    /// ones (the dead letters) ten times as long.
+    pub history_retention: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -72,6 +75,7 @@ impl Default for DispatchSettings {
             max_attempts: 32,
             max_in_flight: 16,
             timeout: Duration::from_secs(10),
+            history_retention: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }
@@ -94,6 +98,50 @@ fn jitter() -> f64 {
     let mut b = [0u8; 2];
     let _ = getrandom::fill(&mut b);
     f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+}
+
+/// Deletes the delivered (and long-dead) deliveries of `endpoint` created
+/// before their retention; returns how many went. Pending ones always stay.
+pub fn prune_history(
+    store: &dyn StatePort,
+    org: Uuid,
+    endpoint: Uuid,
+    retention: Duration,
+    now_ms: i64,
+) -> Result<u64, xeno_engine::ports::PortError> {
+    let delivered_before = now_ms - retention.as_millis() as i64;
+    let dead_before = now_ms - 10 * retention.as_millis() as i64;
+    let prefix = delivery_prefix(org, endpoint);
+    let mut after: Option<Vec<u8>> = None;
+    let mut deleted = 0;
+    loop {
+        let page = store.scan(&prefix, after.as_deref(), 1024)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(deleted);
+        };
+        after = Some(last.clone());
+        let mut writes = Vec::new();
+        for (key, value) in page {
+            let Ok(d) = serde_json::from_slice::<DeliveryRecord>(&value) else {
+                continue;
+            };
+            let created = xeno_engine::time::Timestamp::parse_rfc3339(&d.created_at)
+                .map(|t| t.0)
+                .unwrap_or(i64::MAX);
+            let expired = match d.status {
+                DeliveryStatus::Pending => false,
+                DeliveryStatus::Delivered => created < delivered_before,
+                DeliveryStatus::Dead => created < dead_before,
+            };
+            if expired {
+                writes.push(StateWrite::Delete(key));
+            }
+        }
+        deleted += writes.len() as u64;
+        if !writes.is_empty() {
+            store.commit(writes, false)?;
+        }
+    }
 }
 
 /// New deliveries, already durable.
@@ -398,6 +446,56 @@ impl Handler<Replay> for WebhookDispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_pruning_keeps_pending_and_recent_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = xeno_connectors::embedded::StateStore::open(dir.path()).unwrap();
+        let (org, endpoint) = (Uuid::now_v7(), Uuid::now_v7());
+        let day = 24 * 3_600_000i64;
+        let now = 100 * day;
+        let record = |id: &str, status, age_days: i64| DeliveryRecord {
+            id: id.into(),
+            endpoint,
+            status,
+            attempts: 1,
+            last_status: None,
+            next_attempt_at: None,
+            created_at: xeno_engine::time::Timestamp(now - age_days * day).to_rfc3339(),
+            payload: serde_json::json!({}),
+        };
+        let all = [
+            record("pending-old", DeliveryStatus::Pending, 90),
+            record("delivered-old", DeliveryStatus::Delivered, 4),
+            record("delivered-new", DeliveryStatus::Delivered, 1),
+            record("dead-recent", DeliveryStatus::Dead, 20),
+            record("dead-old", DeliveryStatus::Dead, 40),
+        ];
+        store
+            .commit(
+                all.iter()
+                    .map(|d| StateWrite::Put(delivery_key(org, endpoint, &d.id), encode(d)))
+                    .collect(),
+                true,
+            )
+            .unwrap();
+        let deleted = prune_history(
+            &store,
+            org,
+            endpoint,
+            Duration::from_secs(3 * 24 * 3600),
+            now,
+        )
+        .unwrap();
+        assert_eq!(deleted, 2);
+        let left: Vec<String> = store
+            .scan(&delivery_prefix(org, endpoint), None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice::<DeliveryRecord>(&v).unwrap().id)
+            .collect();
+        assert_eq!(left, ["dead-recent", "delivered-new", "pending-old"]);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_spans_about_a_day() {

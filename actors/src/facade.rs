@@ -348,6 +348,7 @@ impl Runtime {
                 arbiters: std::sync::Mutex::new(arbiters),
             }),
         };
+        runtime.start_janitor();
         for org in runtime.inner.catalog.org_ids() {
             let endpoints: Vec<Uuid> = runtime
                 .inner
@@ -359,6 +360,46 @@ impl Runtime {
             }
         }
         Ok((runtime, generated))
+    }
+
+    /// A thread that prunes old delivery history every hour.
+    fn start_janitor(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("xeno-janitor".into())
+            .spawn(move || {
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let retention = inner.settings.dispatch.history_retention;
+                    let mut deleted = 0;
+                    for org in inner.catalog.org_ids() {
+                        let endpoints: Vec<Uuid> = inner
+                            .catalog
+                            .with_org(org, |o| o.webhooks.keys().copied().collect())
+                            .unwrap_or_default();
+                        for endpoint in endpoints {
+                            match crate::dispatch::prune_history(
+                                &*inner.ports.store,
+                                org,
+                                endpoint,
+                                retention,
+                                now().0,
+                            ) {
+                                Ok(n) => deleted += n,
+                                Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "pruning delivery history failed"),
+                            }
+                        }
+                    }
+                    if deleted > 0 {
+                        tracing::info!(deleted, "old webhook deliveries pruned");
+                    }
+                    drop(inner);
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the janitor thread; delivery history is not pruned");
+        }
     }
 
     fn start_dispatcher(&self, org: Uuid, endpoint: Uuid) {

@@ -73,6 +73,8 @@ pub struct WebhooksConfig {
     pub timeout: String,
     /// Requests in flight per endpoint.
     pub max_in_flight: u32,
+    /// How long delivered webhooks stay listed (dead letters: ten times as long).
+    pub history_retention: String,
 }
 
 impl Default for WebhooksConfig {
@@ -82,6 +84,7 @@ impl Default for WebhooksConfig {
             max_attempts: 32,
             timeout: "10s".into(),
             max_in_flight: 16,
+            history_retention: "3d".into(),
         }
     }
 }
@@ -211,6 +214,10 @@ impl Config {
         positive("storage.snapshot_every", &self.storage.snapshot_every)?;
         positive("webhooks.first_retry", &self.webhooks.first_retry)?;
         positive("webhooks.timeout", &self.webhooks.timeout)?;
+        positive(
+            "webhooks.history_retention",
+            &self.webhooks.history_retention,
+        )?;
         if !(1..=1000).contains(&self.webhooks.max_attempts) {
             return Err(ConfigError::Invalid {
                 key: "webhooks.max_attempts",

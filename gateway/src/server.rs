@@ -43,6 +43,7 @@ pub fn settings(config: &Config) -> anyhow::Result<RuntimeSettings> {
             max_attempts: config.webhooks.max_attempts,
             max_in_flight: config.webhooks.max_in_flight as usize,
             timeout: std_duration(&config.webhooks.timeout),
+            history_retention: std_duration(&config.webhooks.history_retention),
         },
         tick: std_duration(&config.engine.tick),
         max_inflight_per_partition: i64::from(config.server.max_pending_events),
