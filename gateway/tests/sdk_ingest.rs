@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Server, WRITE_KEY, poll_until, run_python};
+use common::{Server, WRITE_KEY, poll_until, run_node, run_python};
 use serde_json::{Value, json};
 
 /// What a customer should look like once everything is applied.
@@ -293,6 +293,42 @@ fn anonymous_activity_merges_into_the_identified_customer() {
             } else {
                 Err(c.to_string())
             }
+        },
+    );
+}
+
+/// The Segment Node.js SDK (`@segment/analytics-node`), unchanged, pointed at
+/// the server.
+#[test]
+fn the_segment_node_sdk_lands_traits_and_orders() {
+    common::node();
+    let server = Server::start();
+    let messages = json!([
+        {"type": "identify", "user_id": "node-1", "traits": {"plan": "pro", "email": "n@example.com"}},
+        {"type": "track", "user_id": "node-1", "event": "Order Completed", "properties": {"revenue": 25}},
+        {"type": "track", "user_id": "node-1", "event": "Order Completed", "properties": {"revenue": 17}},
+    ]);
+    run_node(
+        "node_send.mjs",
+        &[
+            "--host",
+            &server.base_url,
+            "--write-key",
+            WRITE_KEY,
+            "--messages",
+            &messages.to_string(),
+        ],
+    );
+    poll_until(
+        "node-1 with its traits and orders",
+        Duration::from_secs(10),
+        || {
+            let c = server.customer("node-1")?;
+            let ok = c["attributes"]["plan"] == json!("pro")
+                && c["attributes"]["email"] == json!("n@example.com")
+                && c["computed"]["order_count"] == json!(2.0)
+                && c["computed"]["total_spend"] == json!(42.0);
+            if ok { Ok(()) } else { Err(c.to_string()) }
         },
     );
 }

@@ -383,10 +383,32 @@ impl Drop for Server {
     }
 }
 
+/// The Node.js that runs `tests/e2e/*.mjs` (with the SDK `scripts/test` installs
+/// there by `npm ci`).
+pub fn node() -> PathBuf {
+    match std::env::var_os("XENO_TEST_NODE") {
+        Some(node) if !node.is_empty() => PathBuf::from(node),
+        _ => panic!(
+            "XENO_TEST_NODE is not set: this end-to-end test drives the real Segment \
+             Node.js SDK. Run scripts/test, which runs npm ci in gateway/tests/e2e and \
+             exports XENO_TEST_NODE"
+        ),
+    }
+}
+
 /// Runs `tests/e2e/<script>` with the test Python; panics with its output when it
 /// exits non-zero.
 pub fn run_python(script: &str, args: &[&str]) -> String {
-    let python = python();
+    run_script(python(), script, args)
+}
+
+/// Runs `tests/e2e/<script>` with the test Node.js.
+pub fn run_node(script: &str, args: &[&str]) -> String {
+    run_script(node(), script, args)
+}
+
+fn run_script(interpreter: PathBuf, script: &str, args: &[&str]) -> String {
+    let python = interpreter;
     let output = Command::new(&python)
         .arg(e2e_script(script))
         .args(args)
