@@ -461,6 +461,23 @@ impl Catalog {
         Ok(Some(record))
     }
 
+    /// Deletes an endpoint under the same lock as [`Self::modify_webhook`], so
+    /// a concurrent change cannot write it back. Whether it existed.
+    pub fn delete_webhook(
+        &self,
+        store: &dyn StatePort,
+        org: Uuid,
+        id: Uuid,
+    ) -> Result<bool, PortError> {
+        let _guard = self.modify.lock().unwrap_or_else(|p| p.into_inner());
+        if self.webhook(org, id).is_none() {
+            return Ok(false);
+        }
+        store.commit(vec![StateWrite::Delete(webhook_key(org, id))], true)?;
+        self.remove_webhook(org, id);
+        Ok(true)
+    }
+
     /// Writes `writes` durably, then applies `then` to memory.
     pub fn commit(
         &self,

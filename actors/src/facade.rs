@@ -1339,15 +1339,38 @@ impl Runtime {
     }
 
     pub fn delete_webhook(&self, org: Uuid, id: Uuid) -> Result<(), RuntimeError> {
-        self.webhook_record(org, id)?;
-        let write = StateWrite::Delete(webhook_key(org, id));
-        self.inner
+        self.require_org(org)?;
+        if !self
+            .inner
             .catalog
-            .commit(&*self.inner.ports.store, vec![write], |c| {
-                c.remove_webhook(org, id)
-            })?;
+            .delete_webhook(&*self.inner.ports.store, org, id)?
+        {
+            return Err(RuntimeError::NotFound("webhook".into()));
+        }
         if let Some(addr) = self.inner.registry.remove_dispatcher(id) {
             let _ = addr.try_send(StopDispatcher);
+        }
+        let none_left = self
+            .inner
+            .catalog
+            .with_org(org, |o| o.webhooks.is_empty())
+            .unwrap_or(true);
+        if none_left {
+            // Last-transition markers are kept only while the organization has
+            // endpoints; stale ones must not suppress a later endpoint's
+            // first deliveries.
+            let prefix = format!("t/{org}/last/").into_bytes();
+            loop {
+                let page = self.inner.ports.store.scan(&prefix, None, 4096)?;
+                if page.is_empty() {
+                    break;
+                }
+                let deletes = page
+                    .into_iter()
+                    .map(|(k, _)| StateWrite::Delete(k))
+                    .collect();
+                self.inner.ports.store.commit(deletes, false)?;
+            }
         }
         Ok(())
     }

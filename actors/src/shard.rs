@@ -221,6 +221,8 @@ pub struct ShardActor {
     deltas: Vec<(Uuid, Delta)>,
     /// Deliveries whose commit failed; retried on the next tick.
     unflushed: Vec<(Uuid, DeliveryRecord)>,
+    /// Last-transition markers of that commit.
+    unflushed_markers: HashMap<Vec<u8>, Vec<u8>>,
     counts_changed: HashSet<(Uuid, u64)>,
     last_snapshot: Instant,
     events_since_snapshot: u64,
@@ -264,6 +266,7 @@ impl ShardActor {
             forwards: Vec::new(),
             deltas: Vec::new(),
             unflushed: Vec::new(),
+            unflushed_markers: HashMap::new(),
             counts_changed: HashSet::new(),
             last_snapshot: Instant::now(),
             events_since_snapshot: 0,
@@ -767,25 +770,15 @@ impl ShardActor {
     fn flush(&mut self) {
         let deltas = std::mem::take(&mut self.deltas);
         let mut deliveries = std::mem::take(&mut self.unflushed);
+        let mut markers = std::mem::take(&mut self.unflushed_markers);
         let now = crate::clock::now();
-        // The last transition sent per (endpoint, segment, customer): a pair's
-        // transitions alternate, so a repeat of the last one is a transition
-        // produced again after a restart (a window that closed before the
-        // crash, a rule change reconciled again) and is not sent twice.
-        let mut last_sent: HashMap<Vec<u8>, Vec<u8>> = deliveries
-            .iter()
-            .filter_map(|(org, d)| last_sent_marker(*org, d))
-            .collect();
         for (org, delta) in deltas {
             self.counts_changed.insert((org, delta.segment.0));
-            if delta.cause == Cause::Backfill {
-                continue;
-            }
             let event_type = match delta.transition {
                 Transition::Entered => "segment.entered",
                 Transition::Exited => "segment.exited",
             };
-            let Some((slug, segment, endpoints)) = self
+            let Some((slug, segment_id, segment, endpoints, any_endpoint)) = self
                 .catalog
                 .with_org(org, |o| {
                     let segment_id = *o.by_engine_id.get(&delta.segment.0)?;
@@ -798,15 +791,44 @@ impl ShardActor {
                         .collect();
                     Some((
                         o.record.slug.clone(),
+                        segment_id,
                         json!({"id": segment_id, "name": segment.name}),
                         endpoints,
+                        !o.webhooks.is_empty(),
                     ))
                 })
                 .flatten()
             else {
                 continue;
             };
-            if endpoints.is_empty() {
+            if !any_endpoint {
+                continue;
+            }
+            // The last transition per (segment, customer), kept while the
+            // organization has endpoints. A pair's transitions alternate, so a
+            // repeat of the last one is a transition produced again after a
+            // restart (a window that closed before the crash, a rule change
+            // reconciled again) and is not sent twice.
+            let Some(customer_id) = self
+                .tenants
+                .get(&org)
+                .and_then(|s| s.customer_id(delta.customer))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let key = last_transition_key(org, segment_id, &customer_id);
+            let value = event_type.as_bytes().to_vec();
+            let previous = match markers.get(&key) {
+                Some(v) => Some(v.clone()),
+                None => self.store.get(&key).ok().flatten(),
+            };
+            if previous.as_deref() == Some(value.as_slice()) {
+                metrics::counter!("xeno_webhook_repeats_suppressed_total").increment(1);
+                continue;
+            }
+            markers.insert(key, value);
+            if delta.cause == Cause::Backfill || endpoints.is_empty() {
                 continue;
             }
             let customer = self.customer_json(org, delta.customer);
@@ -823,22 +845,10 @@ impl ShardActor {
                 }
             });
             for endpoint in endpoints {
-                let delivery = DeliveryRecord::new(endpoint, payload.clone(), now);
-                if let Some((key, transition)) = last_sent_marker(org, &delivery) {
-                    let previous = match last_sent.get(&key) {
-                        Some(t) => Some(t.clone()),
-                        None => self.store.get(&key).ok().flatten(),
-                    };
-                    if previous.as_deref() == Some(transition.as_slice()) {
-                        metrics::counter!("xeno_webhook_repeats_suppressed_total").increment(1);
-                        continue;
-                    }
-                    last_sent.insert(key, transition);
-                }
-                deliveries.push((org, delivery));
+                deliveries.push((org, DeliveryRecord::new(endpoint, payload.clone(), now)));
             }
         }
-        if deliveries.is_empty() {
+        if deliveries.is_empty() && markers.is_empty() {
             return;
         }
         let mut writes: Vec<StateWrite> = deliveries
@@ -846,28 +856,35 @@ impl ShardActor {
             .map(|(org, d)| StateWrite::Put(delivery_key(*org, d.endpoint, &d.id), encode(d)))
             .collect();
         writes.extend(
-            deliveries
+            markers
                 .iter()
-                .filter_map(|(org, d)| last_sent_marker(*org, d))
-                .map(|(k, v)| StateWrite::Put(k, v)),
+                .map(|(k, v)| StateWrite::Put(k.clone(), v.clone())),
         );
-        writes.push(StateWrite::Put(
-            partition_key(self.partition, "outboxed"),
-            self.applied.to_be_bytes().to_vec(),
-        ));
+        // Markers alone need no fsync: losing one can only let a repeat
+        // through (at least once), never suppress a transition.
+        let durable = !deliveries.is_empty();
+        if durable {
+            writes.push(StateWrite::Put(
+                partition_key(self.partition, "outboxed"),
+                self.applied.to_be_bytes().to_vec(),
+            ));
+        }
         let started = Instant::now();
-        match self.store.commit(writes, true) {
+        match self.store.commit(writes, durable) {
             Ok(()) => {
-                metrics::histogram!("xeno_outbox_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("xeno_webhook_deliveries_created_total")
-                    .increment(deliveries.len() as u64);
-                self.outboxed = self.applied;
-                self.registry.notify_dispatchers(deliveries);
+                if durable {
+                    metrics::histogram!("xeno_outbox_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("xeno_webhook_deliveries_created_total")
+                        .increment(deliveries.len() as u64);
+                    self.outboxed = self.applied;
+                    self.registry.notify_dispatchers(deliveries);
+                }
             }
             Err(e) => {
                 tracing::error!(partition = self.partition, error = %e, "outbox commit failed; retrying on the next tick");
                 self.unflushed = deliveries;
+                self.unflushed_markers = markers;
             }
         }
     }
@@ -1089,17 +1106,10 @@ impl ShardActor {
     }
 }
 
-/// The "last transition sent" key of a membership delivery and its value
-/// (`entered`/`exited`): `t/{org}/last/{endpoint}/{segment}/{customer}`.
-fn last_sent_marker(org: Uuid, delivery: &DeliveryRecord) -> Option<(Vec<u8>, Vec<u8>)> {
-    let data = delivery.payload.get("data")?;
-    let segment = data.get("segment")?.get("id")?.as_str()?;
-    let customer = data.get("customer")?.get("id")?.as_str()?;
-    let transition = data.get("transition")?.as_str()?;
-    Some((
-        format!("t/{org}/last/{}/{segment}/{customer}", delivery.endpoint).into_bytes(),
-        transition.as_bytes().to_vec(),
-    ))
+/// Where the last transition of (segment, customer) is kept:
+/// `t/{org}/last/{segment}/{customer}`.
+fn last_transition_key(org: Uuid, segment: Uuid, customer: &str) -> Vec<u8> {
+    format!("t/{org}/last/{segment}/{customer}").into_bytes()
 }
 
 /// `record` as an event of `into`, with a message id derived from the

@@ -593,3 +593,57 @@ fn a_transition_sent_before_a_crash_is_not_sent_again() {
     });
     assert_eq!(recorder.bodies().len(), 2, "{:?}", recorder.bodies());
 }
+
+/// An endpoint that wants entries only still gets every entry: the exits it
+/// does not receive still count as transitions.
+#[test]
+fn an_entries_only_endpoint_gets_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime.org_for_write_key("wk_test").unwrap();
+        runtime
+            .create_segment(
+                org,
+                "recent",
+                parse_rule(&json!("performed \"Login\" within 1s")).unwrap(),
+            )
+            .await
+            .unwrap();
+        runtime
+            .create_webhook(
+                org,
+                "http://127.0.0.1:9/hook".into(),
+                vec!["segment.entered".into()],
+                None,
+            )
+            .unwrap();
+        let login = |id: &str| Event::track(id, "ada", now(), "Login", json!({}));
+        runtime
+            .ingest(org, vec![login("l-1")], now())
+            .await
+            .unwrap();
+        eventually(async || (recorder.bodies().len() == 1).then_some(())).await;
+        // The window closes (no webhook for this endpoint), then ada logs in again.
+        eventually(async || {
+            let c = runtime.customer(org, "ada").await.ok()?;
+            c.segments.is_empty().then_some(())
+        })
+        .await;
+        runtime
+            .ingest(org, vec![login("l-2")], now())
+            .await
+            .unwrap();
+        eventually(async || (recorder.bodies().len() == 2).then_some(())).await;
+        let types: Vec<String> = recorder
+            .bodies()
+            .iter()
+            .map(|(_, b)| b["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(types, ["segment.entered", "segment.entered"]);
+        runtime.shutdown().await;
+    });
+}

@@ -1420,7 +1420,8 @@ impl Shard {
     /// Returns whether the customer existed.
     ///
     /// The row's storage is not reused (a removed customer costs its columns'
-    /// bytes until the shard is rebuilt).
+    /// bytes until the shard is rebuilt); its external id stays readable by
+    /// [`Self::customer_id`] so the exits can name it.
     pub fn remove_customer(&mut self, external_id: &str, out: &mut Vec<Delta>) -> bool {
         let Some(row) = self.state.customers.remove(external_id) else {
             return false;
@@ -1443,7 +1444,6 @@ impl Shard {
             }
         }
         self.segments.tracks[row as usize].clear();
-        self.state.external_ids[row as usize] = "".into();
         self.state.removed.insert(row);
         true
     }
@@ -1531,7 +1531,7 @@ impl Shard {
                 .iter()
                 .filter(|row| compiled.evaluate(&ctx, *row, self.now).0)
                 .count() as u64;
-            preview.count -= matching_removed;
+            preview.count = preview.count.saturating_sub(matching_removed);
             preview.sample.retain(|row| !removed.contains(*row));
         }
         preview.sample.truncate(sample);
