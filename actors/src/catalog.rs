@@ -352,6 +352,10 @@ impl Catalog {
         self.write(|s| {
             if let Some(o) = s.orgs.get_mut(&org) {
                 for (from, into) in merges {
+                    // Never a self-link or a cycle (from is not a root's ancestor).
+                    if from == into || o.aliases.get(into).is_some_and(|root| root == from) {
+                        continue;
+                    }
                     for target in o.aliases.values_mut() {
                         if target == from {
                             *target = into.clone();

@@ -257,6 +257,8 @@ struct Inner {
     io: ArbiterHandle,
     /// Segment changes run one at a time.
     segment_lock: Arc<tokio::sync::Mutex<()>>,
+    /// New profile links are decided one request at a time.
+    alias_lock: tokio::sync::Mutex<()>,
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
 }
 
@@ -345,6 +347,7 @@ impl Runtime {
                 ready,
                 io: io_handle,
                 segment_lock: Arc::new(tokio::sync::Mutex::new(())),
+                alias_lock: tokio::sync::Mutex::new(()),
                 arbiters: std::sync::Mutex::new(arbiters),
             }),
         };
@@ -506,12 +509,12 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         let partitions = self.inner.shards.len() as u32;
         let mut events = events;
-        let merges = self.resolve_identities(org, &mut events)?;
+        let (merges, origins) = self.resolve_identities(org, &mut events).await?;
         // The merges read what the shards have applied; this request's own
         // events are re-keyed already and need not wait.
         self.start_merges(org, merges);
         let mut by_partition: HashMap<u32, Vec<LogRecord>> = HashMap::new();
-        for event in events {
+        for (event, origin) in events.into_iter().zip(origins) {
             let key = event
                 .customer_key()
                 .ok_or_else(|| invalid("", "an event has neither userId nor anonymousId"))?;
@@ -520,6 +523,7 @@ impl Runtime {
                 org,
                 received_at,
                 event,
+                origin,
             });
         }
         let limit = self.inner.settings.max_inflight_per_partition;
@@ -605,13 +609,30 @@ impl Runtime {
     /// recorded durably before the events are logged; every event of an
     /// already merged id is re-keyed to the profile it lives in now. Returns
     /// the new merges to carry out.
-    fn resolve_identities(
+    async fn resolve_identities(
         &self,
         org: Uuid,
         events: &mut [Event],
-    ) -> Result<Vec<(String, String)>, RuntimeError> {
-        let catalog = &self.inner.catalog;
-        let mut new: Vec<(String, String)> = Vec::new();
+    ) -> Result<(Vec<(String, String)>, Vec<Option<String>>), RuntimeError> {
+        let catalog = self.inner.catalog.clone();
+        let mut origins = vec![None; events.len()];
+        let links: Vec<(String, String)> = events
+            .iter()
+            .filter_map(|event| match &event.kind {
+                EventKind::Alias { previous_id } => event
+                    .user_id
+                    .clone()
+                    .filter(|u| !u.is_empty() && !previous_id.is_empty())
+                    .map(|u| (previous_id.clone(), u)),
+                _ => match (&event.user_id, &event.anonymous_id) {
+                    (Some(u), Some(a)) if !u.is_empty() && !a.is_empty() && u != a => {
+                        Some((a.clone(), u.clone()))
+                    }
+                    _ => None,
+                },
+            })
+            .filter(|(from, _)| catalog.alias_of(org, from).is_none())
+            .collect();
         let root = |id: &str, new: &[(String, String)]| -> String {
             let mut current = id.to_string();
             for _ in 0..64 {
@@ -627,22 +648,15 @@ impl Runtime {
             }
             current
         };
-        for event in events.iter() {
-            let link = match &event.kind {
-                EventKind::Alias { previous_id } => event
-                    .user_id
-                    .clone()
-                    .filter(|u| !u.is_empty())
-                    .map(|u| (previous_id.clone(), u)),
-                _ => match (&event.user_id, &event.anonymous_id) {
-                    (Some(u), Some(a)) if !u.is_empty() && !a.is_empty() && u != a => {
-                        Some((a.clone(), u.clone()))
-                    }
-                    _ => None,
-                },
-            };
-            let Some((from, to)) = link else { continue };
-            if from.is_empty() || root(&from, &new) != from {
+        let mut new: Vec<(String, String)> = Vec::new();
+        // New links are decided and recorded one request at a time, so two
+        // requests cannot link one id to two profiles or two ids to each other.
+        let _guard = match links.is_empty() {
+            true => None,
+            false => Some(self.inner.alias_lock.lock().await),
+        };
+        for (from, to) in links {
+            if root(&from, &new) != from {
                 continue; // merged already (the first link wins)
             }
             let into = root(&to, &new);
@@ -656,29 +670,35 @@ impl Runtime {
             }
             new.push((from, into));
         }
-        if new.is_empty() && !catalog.has_aliases(org) {
-            return Ok(new);
-        }
-        for event in events.iter_mut() {
-            let Some(key) = event.customer_key() else {
-                continue;
-            };
-            let into = root(key, &new);
-            if into != key {
-                event.user_id = Some(into);
-            }
-        }
         if !new.is_empty() {
-            let writes = new
+            let writes: Vec<StateWrite> = new
                 .iter()
                 .map(|(from, into)| StateWrite::Put(alias_key(org, from), encode(into)))
                 .collect();
-            let recorded = new.clone();
-            catalog.commit(&*self.inner.ports.store, writes, |c| {
-                c.put_aliases(org, &recorded)
-            })?;
+            let store = self.inner.ports.store.clone();
+            tokio::task::spawn_blocking(move || store.commit(writes, true))
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+            catalog.put_aliases(org, &new);
         }
-        Ok(new)
+        if new.is_empty() && !catalog.has_aliases(org) {
+            return Ok((new, origins));
+        }
+        for (event, origin) in events.iter_mut().zip(origins.iter_mut()) {
+            let Some(key) = event.customer_key() else {
+                continue;
+            };
+            let into = root(key, &[]);
+            if into != key {
+                // Derived from the client's id, so a retry of this event, or
+                // a merge carrying the original, lands once.
+                let original = std::mem::take(&mut event.message_id);
+                event.message_id = crate::record::merged_message_id(&original, &into);
+                event.user_id = Some(into);
+                *origin = Some(original);
+            }
+        }
+        Ok((new, origins))
     }
 
     /// Hands new merges to the shards of the merged profiles.

@@ -18,6 +18,37 @@ pub struct LogRecord {
     pub org: Uuid,
     pub received_at: Timestamp,
     pub event: Event,
+    /// The messageId the client sent, when the event was re-keyed to the
+    /// profile its customer was merged into (its id is then derived, see
+    /// [`merged_message_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// The messageId of an event re-keyed to profile `into`: derived from the id
+/// the client sent (never from an earlier derived one), so the same event
+/// reaches a profile under one id however many merges and retries carried it.
+pub fn merged_message_id(original: &str, into: &str) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(original.as_bytes());
+    h.update(&[0]);
+    h.update(into.as_bytes());
+    format!("merged-{:032x}", h.digest128())
+}
+
+impl LogRecord {
+    /// This record as an event of profile `into`.
+    pub fn rekeyed(&self, into: &str) -> LogRecord {
+        let original = self
+            .origin
+            .clone()
+            .unwrap_or_else(|| self.event.message_id.clone());
+        let mut moved = self.clone();
+        moved.event.message_id = merged_message_id(&original, into);
+        moved.event.user_id = Some(into.to_string());
+        moved.origin = Some(original);
+        moved
+    }
 }
 
 impl LogRecord {
@@ -116,6 +147,7 @@ mod tests {
             org,
             received_at: Timestamp(1_700_000_000_123),
             event,
+            origin: None,
         };
         assert_eq!(LogRecord::decode(&record.encode()).unwrap(), record);
         assert!(LogRecord::decode(b"{").is_err());

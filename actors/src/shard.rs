@@ -217,6 +217,8 @@ pub struct ShardActor {
     /// Events of merged customers, re-keyed to the profile they were merged
     /// into, waiting to be appended to that profile's partition.
     forwards: Vec<LogRecord>,
+    /// Organizations with a merge to finish once forwarding works again.
+    merge_retry: HashSet<Uuid>,
     /// Deltas waiting for their outbox commit.
     deltas: Vec<(Uuid, Delta)>,
     /// Deliveries whose commit failed; retried on the next tick.
@@ -264,6 +266,7 @@ impl ShardActor {
             gap_since: None,
             inflight,
             forwards: Vec::new(),
+            merge_retry: HashSet::new(),
             deltas: Vec::new(),
             unflushed: Vec::new(),
             unflushed_markers: HashMap::new(),
@@ -334,19 +337,7 @@ impl ShardActor {
         }
         // Merges recorded but not carried out before the stop.
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
-            let partitions = self.log.partitions();
-            let pending: Vec<(String, String)> = self
-                .catalog
-                .aliases(org)
-                .into_iter()
-                .filter(|(from, _)| {
-                    partition_of(org, from, partitions) == self.partition
-                        && self.tenants[&org].customer_row(from).is_some()
-                })
-                .collect();
-            if !pending.is_empty() {
-                self.merge(org, pending);
-            }
+            self.finish_merges(org);
         }
         self.flush_forwards();
         self.flush();
@@ -510,10 +501,14 @@ impl ShardActor {
             .event
             .customer_key()
             .filter(|_| self.catalog.has_aliases(record.org))
-            .and_then(|key| self.catalog.alias_of(record.org, key))
+            .and_then(|key| {
+                self.catalog
+                    .alias_of(record.org, key)
+                    .filter(|into| into != key)
+            })
         {
             // The customer was merged into `into`: the event belongs there.
-            self.forwards.push(rekey(record, &into));
+            self.forwards.push(record.rekeyed(&into));
             self.applied = offset + 1;
             return;
         }
@@ -568,13 +563,18 @@ impl ShardActor {
         };
         let mut ignored = Vec::new();
         let log = self.log.clone();
+        let catalog = self.catalog.clone();
         let replay = read_range(
             &*log,
             self.partition,
             self.snapshot_at,
             poison,
             &mut |_, record| {
-                if record.org == org {
+                let merged = record
+                    .event
+                    .customer_key()
+                    .is_some_and(|k| catalog.alias_of(org, k).is_some_and(|into| into != k));
+                if record.org == org && !merged {
                     let now = shard.now().max(record.received_at);
                     let _ = catch_unwind(AssertUnwindSafe(|| {
                         shard.advance_time(now, &mut ignored);
@@ -590,6 +590,9 @@ impl ShardActor {
         self.tenants.insert(org, shard);
         // Segments created or changed since the snapshot.
         self.reconcile_tenant(org);
+        // Profiles merged since the snapshot are merged again (their events
+        // reach the target under the same derived ids, so once).
+        self.finish_merges(org);
     }
 
     /// Applies what is contiguous in the reorder buffer.
@@ -698,7 +701,7 @@ impl ShardActor {
                 return;
             }
             if let Some(into) = record.event.customer_key().and_then(|k| targets.get(k)) {
-                moved.push(rekey(&record, into));
+                moved.push(record.rekeyed(into));
             }
         });
         if let Err(e) = read {
@@ -709,7 +712,8 @@ impl ShardActor {
         self.forwards.extend(moved);
         self.flush_forwards();
         if !self.forwards.is_empty() {
-            // Not appended: keep the profiles until a later attempt succeeds.
+            // Not appended: keep the profiles; the next tick tries again.
+            self.merge_retry.insert(org);
             return;
         }
         let mut out = Vec::new();
@@ -721,6 +725,31 @@ impl ShardActor {
         metrics::counter!("xeno_profiles_merged_total").increment(targets.len() as u64);
         tracing::info!(partition = self.partition, org = %org, profiles = targets.len(), events = count, "profiles merged");
         self.deltas.extend(out.into_iter().map(|d| (org, d)));
+    }
+
+    /// Carries out the merges of `org` recorded in the catalog whose merged
+    /// profile still exists in this partition (after a restart, a panic
+    /// rebuild, or a merge whose forwarding failed).
+    fn finish_merges(&mut self, org: Uuid) {
+        let Some(shard) = self.tenants.get(&org) else {
+            return;
+        };
+        if !self.catalog.has_aliases(org) {
+            return;
+        }
+        let partitions = self.log.partitions();
+        let pending: Vec<(String, String)> = self
+            .catalog
+            .aliases(org)
+            .into_iter()
+            .filter(|(from, _)| {
+                partition_of(org, from, partitions) == self.partition
+                    && shard.customer_row(from).is_some()
+            })
+            .collect();
+        if !pending.is_empty() {
+            self.merge(org, pending);
+        }
     }
 
     /// Appends forwarded events to their partitions and hands them to their
@@ -979,10 +1008,13 @@ impl ShardActor {
 
     /// Flushes pending deltas; whether the outbox holds everything applied.
     fn outbox_is_committed(&mut self) -> bool {
+        // Forwarded events are applied (offsets passed) but not yet in their
+        // partition's log: a snapshot now would lose them in a crash.
+        self.flush_forwards();
         if !self.unflushed.is_empty() || !self.deltas.is_empty() {
             self.flush();
         }
-        self.unflushed.is_empty()
+        self.unflushed.is_empty() && self.forwards.is_empty()
     }
 
     /// Writes every tenant's state and the consumed offset in one durable
@@ -1112,19 +1144,6 @@ fn last_transition_key(org: Uuid, segment: Uuid, customer: &str) -> Vec<u8> {
     format!("t/{org}/last/{segment}/{customer}").into_bytes()
 }
 
-/// `record` as an event of `into`, with a message id derived from the
-/// original and the target (stable, so a repeated merge deduplicates).
-fn rekey(record: &LogRecord, into: &str) -> LogRecord {
-    let mut moved = record.clone();
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(record.event.message_id.as_bytes());
-    h.update(&[0]);
-    h.update(into.as_bytes());
-    moved.event.message_id = format!("merged-{:032x}", h.digest128());
-    moved.event.user_id = Some(into.to_string());
-    moved
-}
-
 /// Merge profiles of this partition into others (see [`ShardActor::merge`]).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -1230,6 +1249,12 @@ impl Handler<Tick> for ShardActor {
         if self.pending.is_empty() && self.last_append.elapsed() > std::time::Duration::from_secs(1)
         {
             self.catch_up_tail();
+        }
+        self.flush_forwards();
+        if self.forwards.is_empty() {
+            for org in std::mem::take(&mut self.merge_retry) {
+                self.finish_merges(org);
+            }
         }
         let orgs: Vec<Uuid> = self.tenants.keys().copied().collect();
         for org in orgs {

@@ -475,6 +475,26 @@ fn anonymous_profiles_merge_into_the_identified_one_and_stay_merged_after_a_rest
                 .member_count,
             1
         );
+        // A client retry of the anonymous orders after the merge: they reach
+        // ada under the same derived ids as the merged copies, so once.
+        runtime
+            .ingest(
+                org,
+                vec![
+                    anonymous_order("a-1", "anon-1", 10),
+                    anonymous_order("a-2", "anon-1", 20),
+                ],
+                now(),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ada = runtime.customer(org, "ada").await.unwrap();
+        assert_eq!(
+            ada.computed["order_count"],
+            json!(3.0),
+            "retried events count once"
+        );
 
         // A later anonymous event of the merged id lands on ada; so does an
         // alias of another anonymous profile.
