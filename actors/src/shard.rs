@@ -684,30 +684,71 @@ impl ShardActor {
     /// The events are found by reading this partition's retained log: a merge
     /// costs a scan of it (batched per request).
     fn merge(&mut self, org: Uuid, merges: Vec<(String, String)>) {
-        let Some(shard) = self.tenants.get(&org) else {
-            return;
-        };
-        let targets: HashMap<String, String> = merges
-            .into_iter()
-            .filter(|(from, _)| shard.customer_row(from).is_some())
-            .collect();
+        let targets = self.merge_targets(org, merges);
         if targets.is_empty() {
             return;
         }
-        let log = self.log.clone();
-        let mut moved = Vec::new();
-        let read = read_range(&*log, self.partition, 0, self.applied, &mut |_, record| {
-            if record.org != org {
-                return;
+        match scan_for_merge(&*self.log, self.partition, self.applied, org, &targets) {
+            Ok(moved) => self.complete_merge(org, targets, moved),
+            Err(e) => {
+                tracing::error!(partition = self.partition, org = %org, error = %e, "reading the log for a merge failed; retried at the next start")
             }
-            if let Some(into) = record.event.customer_key().and_then(|k| targets.get(k)) {
-                moved.push(record.rekeyed(into));
-            }
-        });
-        if let Err(e) = read {
-            tracing::error!(partition = self.partition, org = %org, error = %e, "reading the log for a merge failed; retried at the next start");
+        }
+    }
+
+    /// [`Self::merge`] with the log scan on a thread of its own, so the
+    /// partition keeps applying events meanwhile (new events of the merged ids
+    /// are forwarded by `apply_record` already: the links exist).
+    fn merge_in_background(
+        &mut self,
+        org: Uuid,
+        merges: Vec<(String, String)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let targets = self.merge_targets(org, merges);
+        if targets.is_empty() {
             return;
         }
+        let (log, partition, until, addr) = (
+            self.log.clone(),
+            self.partition,
+            self.applied,
+            ctx.address(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("xeno-merge-{partition}"))
+            .spawn(move || {
+                let scanned = scan_for_merge(&*log, partition, until, org, &targets);
+                addr.do_send(MergeScanned {
+                    org,
+                    targets,
+                    scanned,
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(partition = self.partition, error = %e, "cannot start a merge thread; merging on the actor");
+            self.finish_merges(org);
+        }
+    }
+
+    /// The merges whose `from` profile exists here.
+    fn merge_targets(&self, org: Uuid, merges: Vec<(String, String)>) -> HashMap<String, String> {
+        let Some(shard) = self.tenants.get(&org) else {
+            return HashMap::new();
+        };
+        merges
+            .into_iter()
+            .filter(|(from, _)| shard.customer_row(from).is_some())
+            .collect()
+    }
+
+    /// Forwards the re-keyed events and removes the merged profiles.
+    fn complete_merge(
+        &mut self,
+        org: Uuid,
+        targets: HashMap<String, String>,
+        moved: Vec<LogRecord>,
+    ) {
         let count = moved.len();
         self.forwards.extend(moved);
         self.flush_forwards();
@@ -1156,14 +1197,61 @@ pub struct MergeCustomers {
 impl Handler<MergeCustomers> for ShardActor {
     type Result = ();
 
-    fn handle(&mut self, msg: MergeCustomers, _: &mut Self::Context) {
+    fn handle(&mut self, msg: MergeCustomers, ctx: &mut Self::Context) {
         if self.failed {
             return;
         }
-        self.merge(msg.org, msg.merges);
+        self.merge_in_background(msg.org, msg.merges, ctx);
+    }
+}
+
+/// A background merge scan finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct MergeScanned {
+    org: Uuid,
+    targets: HashMap<String, String>,
+    scanned: Result<Vec<LogRecord>, xeno_engine::ports::HistoryError>,
+}
+
+impl Handler<MergeScanned> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MergeScanned, _: &mut Self::Context) {
+        if self.failed {
+            return;
+        }
+        match msg.scanned {
+            Ok(moved) => self.complete_merge(msg.org, msg.targets, moved),
+            Err(e) => {
+                tracing::error!(partition = self.partition, org = %msg.org, error = %e, "reading the log for a merge failed; retrying");
+                self.merge_retry.insert(msg.org);
+            }
+        }
         self.flush();
         self.publish_counts();
     }
+}
+
+/// The events of the `targets` profiles in `partition` below `until`,
+/// re-keyed to the profiles they merge into.
+fn scan_for_merge(
+    log: &dyn EventLogPort,
+    partition: u32,
+    until: u64,
+    org: Uuid,
+    targets: &HashMap<String, String>,
+) -> Result<Vec<LogRecord>, xeno_engine::ports::HistoryError> {
+    let mut moved = Vec::new();
+    read_range(log, partition, 0, until, &mut |_, record| {
+        if record.org != org {
+            return;
+        }
+        if let Some(into) = record.event.customer_key().and_then(|k| targets.get(k)) {
+            moved.push(record.rekeyed(into));
+        }
+    })?;
+    Ok(moved)
 }
 
 /// A customer's data from a shard, values as JSON.
