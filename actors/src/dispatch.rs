@@ -172,6 +172,10 @@ pub struct WebhookDispatcher {
     waiting: BTreeMap<(i64, String), DeliveryRecord>,
     /// Ids of the requests on the wire.
     in_flight: std::collections::HashSet<String>,
+    /// Ids of every delivery this dispatcher holds (ready, waiting or on the
+    /// wire) until its final outcome: a delivery announced twice (by a
+    /// notification and by an outbox rescan) is queued once.
+    known: std::collections::HashSet<String>,
 }
 
 impl WebhookDispatcher {
@@ -195,6 +199,7 @@ impl WebhookDispatcher {
             ready: VecDeque::new(),
             waiting: BTreeMap::new(),
             in_flight: std::collections::HashSet::new(),
+            known: std::collections::HashSet::new(),
         }
     }
 
@@ -202,13 +207,6 @@ impl WebhookDispatcher {
     fn load_pending(&mut self) {
         let prefix = delivery_prefix(self.org, self.endpoint);
         let mut after: Option<Vec<u8>> = None;
-        let queued: std::collections::HashSet<String> = self
-            .ready
-            .iter()
-            .map(|d| d.id.clone())
-            .chain(self.waiting.values().map(|d| d.id.clone()))
-            .chain(self.in_flight.iter().cloned())
-            .collect();
         loop {
             let page = match self.store.scan(&prefix, after.as_deref(), 1024) {
                 Ok(page) => page,
@@ -224,7 +222,7 @@ impl WebhookDispatcher {
                 let Ok(d) = serde_json::from_slice::<DeliveryRecord>(&value) else {
                     continue;
                 };
-                if d.status == DeliveryStatus::Pending && !queued.contains(&d.id) {
+                if d.status == DeliveryStatus::Pending && self.known.insert(d.id.clone()) {
                     let at = d.next_attempt_at.unwrap_or(0);
                     self.waiting.insert((at, d.id.clone()), d);
                 }
@@ -324,6 +322,7 @@ impl WebhookDispatcher {
                 return;
             }
         }
+        self.known.remove(&delivery.id);
         self.persist(&delivery);
     }
 
@@ -387,7 +386,11 @@ impl Handler<NewDeliveries> for WebhookDispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: NewDeliveries, ctx: &mut Self::Context) {
-        self.ready.extend(msg.0);
+        for delivery in msg.0 {
+            if self.known.insert(delivery.id.clone()) {
+                self.ready.push_back(delivery);
+            }
+        }
         self.pump(ctx);
     }
 }
@@ -423,7 +426,7 @@ impl Handler<Replay> for WebhookDispatcher {
         let Ok(mut delivery) = serde_json::from_slice::<DeliveryRecord>(&bytes) else {
             return false;
         };
-        if delivery.status == DeliveryStatus::Pending {
+        if delivery.status == DeliveryStatus::Pending || self.known.contains(&delivery.id) {
             return true;
         }
         // A replay gets the full retry schedule again.
@@ -437,6 +440,7 @@ impl Handler<Replay> for WebhookDispatcher {
         {
             return false;
         }
+        self.known.insert(delivery.id.clone());
         self.ready.push_back(delivery);
         self.pump(ctx);
         true

@@ -169,6 +169,12 @@ fn events_flow_to_segments_and_webhooks_and_survive_a_restart() {
             (b.len() == 20).then_some(b)
         })
         .await;
+        // Announced by a notification and found by the outbox rescan a new
+        // dispatcher does: still sent once each.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ids: std::collections::HashSet<String> =
+            recorder.bodies().into_iter().map(|(id, _)| id).collect();
+        assert_eq!((ids.len(), recorder.bodies().len()), (20, 20));
         for (id, body) in &delivered {
             assert!(id.starts_with("msg_"));
             assert_eq!(body["type"], "segment.entered");
