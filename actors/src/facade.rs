@@ -32,8 +32,8 @@ use crate::record::{LogRecord, partition_of};
 use crate::registry::{DispatcherEntry, Registry};
 use crate::segment::GetCount;
 use crate::shard::{
-    Append, DeclareFields, FieldTypes, GetCustomer, Members, MergeCustomers, Preview, PutSegment,
-    RemoveSegment, ShardActor, ShardSettings, SnapshotNow,
+    Append, DeclareFields, FieldTypes, GetCustomer, InjectEnginePanic, Members, MergeCustomers,
+    Preview, PutSegment, RemoveSegment, ShardActor, ShardSettings, SnapshotNow,
 };
 
 /// The ports the runtime runs on.
@@ -477,6 +477,20 @@ impl Runtime {
             }
         })
         .await;
+    }
+
+    /// Fault injection for tests: makes the engine of `org` panic in every
+    /// partition that holds some of its customers, after damaging its state.
+    /// Returns how many tenants' shards were rebuilt.
+    #[doc(hidden)]
+    pub async fn inject_engine_panic(&self, org: Uuid) -> usize {
+        let mut rebuilt = 0;
+        for shard in &self.inner.shards {
+            if shard.send(InjectEnginePanic { org }).await.unwrap_or(false) {
+                rebuilt += 1;
+            }
+        }
+        rebuilt
     }
 
     // ---- authentication ------------------------------------------------------

@@ -1179,6 +1179,33 @@ impl ShardActor {
     }
 }
 
+/// Makes one tenant's engine call panic after damaging its state, as a bug
+/// would: a fault injection for the tests of panic isolation (the server never
+/// sends it). Answers whether a tenant panicked and was rebuilt.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectEnginePanic {
+    pub org: Uuid,
+}
+
+impl Handler<InjectEnginePanic> for ShardActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: InjectEnginePanic, _: &mut Self::Context) -> bool {
+        if !self.tenants.contains_key(&msg.org) {
+            return false;
+        }
+        let result = self.segment_change(msg.org, |shard, _, out| {
+            if let Some(id) = shard.customer_id(1).map(str::to_string) {
+                shard.remove_customer(&id, out);
+            }
+            panic!("injected engine panic");
+        });
+        result.is_err()
+    }
+}
+
 /// Where the last transition of (segment, customer) is kept:
 /// `t/{org}/last/{segment}/{customer}`.
 fn last_transition_key(org: Uuid, segment: Uuid, customer: &str) -> Vec<u8> {

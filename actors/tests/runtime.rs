@@ -673,3 +673,68 @@ fn an_entries_only_endpoint_gets_every_entry() {
         runtime.shutdown().await;
     });
 }
+
+/// A panic inside a tenant's engine is caught; the tenant's shard is rebuilt
+/// from its snapshot and the log (so the damage done before the panic is gone)
+/// and the runtime goes on serving it and the other tenants.
+#[test]
+fn an_engine_panic_rebuilds_the_tenant_from_durable_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let runtime = start(dir.path(), recorder.clone(), settings());
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let loyal = runtime
+            .create_segment(
+                org,
+                "loyal",
+                parse_rule(&json!("order_count >= 2")).unwrap(),
+            )
+            .await
+            .unwrap();
+        runtime
+            .ingest(org, orders(12, 2, now()), now())
+            .await
+            .unwrap();
+        eventually(async || {
+            let s = runtime.get_segment(org, loyal.id).await.ok()?;
+            (s.member_count == 12).then_some(())
+        })
+        .await;
+
+        let rebuilt = runtime.inject_engine_panic(org).await;
+        assert!(rebuilt >= 1, "the injected panic reached a tenant shard");
+
+        // Every customer is whole again, including the one the "bug" removed.
+        for c in 0..12 {
+            let customer = runtime.customer(org, &format!("c{c}")).await.unwrap();
+            assert_eq!(customer.computed["order_count"], json!(2.0), "c{c}");
+            assert_eq!(customer.segments.len(), 1, "c{c}");
+        }
+        let members = runtime.members(org, loyal.id, None, 100).await.unwrap();
+        assert_eq!(members.items.len(), 12);
+        // And it keeps serving.
+        runtime
+            .ingest(
+                org,
+                vec![Event::track(
+                    "late",
+                    "c3",
+                    now(),
+                    "Order Completed",
+                    json!({"revenue": 1}),
+                )],
+                now(),
+            )
+            .await
+            .unwrap();
+        eventually(async || {
+            let c = runtime.customer(org, "c3").await.ok()?;
+            (c.computed["order_count"] == json!(3.0)).then_some(())
+        })
+        .await;
+        runtime.shutdown().await;
+    });
+}
