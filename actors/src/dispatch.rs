@@ -378,6 +378,8 @@ impl Actor for WebhookDispatcher {
             }
             act.promote_due();
             act.pump(ctx);
+            metrics::gauge!("xeno_webhook_queue_depth", "endpoint" => act.endpoint.to_string())
+                .set(act.known.len() as f64);
         });
     }
 }

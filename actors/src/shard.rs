@@ -1344,6 +1344,8 @@ impl Handler<Append> for ShardActor {
         metrics::histogram!("xeno_shard_apply_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("xeno_log_lag_events", "partition" => self.partition.to_string())
             .set(self.inflight.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("xeno_shard_reorder_buffer", "partition" => self.partition.to_string())
+            .set(self.pending.len() as f64);
     }
 }
 
