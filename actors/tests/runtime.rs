@@ -93,6 +93,28 @@ fn start(dir: &Path, recorder: Arc<Recorder>, settings: RuntimeSettings) -> Runt
     runtime
 }
 
+/// A runtime on `dir`, recovered and ready, and the bootstrap organization.
+async fn ready(dir: &Path, recorder: &Arc<Recorder>) -> (Runtime, Uuid) {
+    let runtime = start(dir, recorder.clone(), settings());
+    eventually(async || runtime.is_ready().then_some(())).await;
+    let org = runtime
+        .org_for_write_key("wk_test")
+        .expect("the bootstrap write key");
+    (runtime, org)
+}
+
+/// Subscribes the recording endpoint to `events`.
+fn subscribe(runtime: &Runtime, org: Uuid, events: &[&str]) -> xeno_actors::WebhookInfo {
+    runtime
+        .create_webhook(
+            org,
+            "http://127.0.0.1:9/hook".into(),
+            events.iter().map(|e| e.to_string()).collect(),
+            None,
+        )
+        .unwrap()
+}
+
 fn now() -> Timestamp {
     xeno_actors::clock::wall_clock()()
 }
@@ -129,8 +151,7 @@ fn events_flow_to_segments_and_webhooks_and_survive_a_restart() {
     let recorder = Arc::new(Recorder::default());
     let system = actix_rt::System::new();
     let (org, segment) = system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
+        let (runtime, _) = ready(dir.path(), &recorder).await;
         let org = runtime
             .org_for_write_key("wk_test")
             .expect("bootstrap write key");
@@ -139,14 +160,7 @@ fn events_flow_to_segments_and_webhooks_and_survive_a_restart() {
 
         let rule = parse_rule(&json!("order_count >= 3")).unwrap();
         let segment = runtime.create_segment(org, "loyal", rule).await.unwrap();
-        runtime
-            .create_webhook(
-                org,
-                "http://127.0.0.1:9/hook".into(),
-                vec!["segment.entered".into()],
-                None,
-            )
-            .unwrap();
+        subscribe(&runtime, org, &["segment.entered"]);
 
         // 20 customers with 3 orders each, sent twice (a client retry).
         let batch = orders(20, 3, now());
@@ -227,8 +241,7 @@ fn events_flow_to_segments_and_webhooks_and_survive_a_restart() {
 
     let system = actix_rt::System::new();
     system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
+        let (runtime, _) = ready(dir.path(), &recorder).await;
         let c1 = runtime.customer(org, "c1").await.unwrap();
         assert_eq!(
             c1.computed["order_count"],
@@ -264,17 +277,8 @@ fn retries_keep_the_webhook_id_dead_letters_replay_and_410_disables() {
     recorder.script.lock().unwrap().extend([500, 503, 500]);
     let system = actix_rt::System::new();
     system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
-        let org = runtime.org_for_write_key("wk_test").unwrap();
-        let hook = runtime
-            .create_webhook(
-                org,
-                "http://127.0.0.1:9/hook".into(),
-                vec!["segment.entered".into(), "segment.exited".into()],
-                None,
-            )
-            .unwrap();
+        let (runtime, org) = ready(dir.path(), &recorder).await;
+        let hook = subscribe(&runtime, org, &["segment.entered", "segment.exited"]);
         assert!(hook.secret.unwrap().starts_with("whsec_"));
         runtime
             .create_segment(
@@ -413,9 +417,7 @@ fn anonymous_profiles_merge_into_the_identified_one_and_stay_merged_after_a_rest
     let recorder = Arc::new(Recorder::default());
     let system = actix_rt::System::new();
     let org = system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
-        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let (runtime, org) = ready(dir.path(), &recorder).await;
         let buyers = runtime
             .create_segment(
                 org,
@@ -537,8 +539,7 @@ fn anonymous_profiles_merge_into_the_identified_one_and_stay_merged_after_a_rest
 
     let system = actix_rt::System::new();
     system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
+        let (runtime, _) = ready(dir.path(), &recorder).await;
         let ada = runtime.customer(org, "ada").await.unwrap();
         assert_eq!(ada.computed["order_count"], json!(5.0));
         assert_eq!(ada.computed["total_spend"], json!(136.0));
@@ -568,9 +569,7 @@ fn a_transition_sent_before_a_crash_is_not_sent_again() {
     let recorder = Arc::new(Recorder::default());
     let system = actix_rt::System::new();
     let org = system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
-        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let (runtime, org) = ready(dir.path(), &recorder).await;
         runtime
             .create_segment(
                 org,
@@ -579,14 +578,7 @@ fn a_transition_sent_before_a_crash_is_not_sent_again() {
             )
             .await
             .unwrap();
-        runtime
-            .create_webhook(
-                org,
-                "http://127.0.0.1:9/hook".into(),
-                vec!["segment.entered".into(), "segment.exited".into()],
-                None,
-            )
-            .unwrap();
+        subscribe(&runtime, org, &["segment.entered", "segment.exited"]);
         runtime
             .ingest(org, orders(1, 1, now()), now())
             .await
@@ -607,8 +599,7 @@ fn a_transition_sent_before_a_crash_is_not_sent_again() {
 
     let system = actix_rt::System::new();
     system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
+        let (runtime, _) = ready(dir.path(), &recorder).await;
         let c = runtime.customer(org, "c0").await.unwrap();
         assert!(
             c.segments.is_empty(),
@@ -628,9 +619,7 @@ fn an_entries_only_endpoint_gets_every_entry() {
     let recorder = Arc::new(Recorder::default());
     let system = actix_rt::System::new();
     system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
-        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let (runtime, org) = ready(dir.path(), &recorder).await;
         runtime
             .create_segment(
                 org,
@@ -639,14 +628,7 @@ fn an_entries_only_endpoint_gets_every_entry() {
             )
             .await
             .unwrap();
-        runtime
-            .create_webhook(
-                org,
-                "http://127.0.0.1:9/hook".into(),
-                vec!["segment.entered".into()],
-                None,
-            )
-            .unwrap();
+        subscribe(&runtime, org, &["segment.entered"]);
         let login = |id: &str| Event::track(id, "ada", now(), "Login", json!({}));
         runtime
             .ingest(org, vec![login("l-1")], now())
@@ -683,9 +665,7 @@ fn an_engine_panic_rebuilds_the_tenant_from_durable_state() {
     let recorder = Arc::new(Recorder::default());
     let system = actix_rt::System::new();
     system.block_on(async {
-        let runtime = start(dir.path(), recorder.clone(), settings());
-        eventually(async || runtime.is_ready().then_some(())).await;
-        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let (runtime, org) = ready(dir.path(), &recorder).await;
         let loyal = runtime
             .create_segment(
                 org,

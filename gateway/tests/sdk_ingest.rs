@@ -150,17 +150,7 @@ fn both_python_sdks_land_attributes_computed_traits_and_segments() {
     // customers must enter as their orders arrive.
     let big_spenders = server.create_segment(BIG_SPENDERS, "total_spend > 100");
 
-    run_python(
-        "sdk_send.py",
-        &[
-            "--host",
-            &server.base_url,
-            "--write-key",
-            WRITE_KEY,
-            "--messages",
-            &messages().to_string(),
-        ],
-    );
+    send(&server, &messages());
 
     // Every identify's traits are stored, whichever SDK sent them (RudderStack's in
     // context.traits), so a segment on them can be created now.
@@ -211,19 +201,24 @@ fn both_python_sdks_land_attributes_computed_traits_and_segments() {
     }
 }
 
-/// Sends `messages` through the SDKs.
+/// Sends `messages` through the Python SDKs.
 fn send(server: &Server, messages: &Value) {
+    let args = sdk_args(server, messages);
     run_python(
         "sdk_send.py",
-        &[
-            "--host",
-            &server.base_url,
-            "--write-key",
-            WRITE_KEY,
-            "--messages",
-            &messages.to_string(),
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
+}
+
+fn sdk_args(server: &Server, messages: &Value) -> Vec<String> {
+    vec![
+        "--host".into(),
+        server.base_url.clone(),
+        "--write-key".into(),
+        WRITE_KEY.into(),
+        "--messages".into(),
+        messages.to_string(),
+    ]
 }
 
 /// Anonymous activity merges into the customer it turns out to be: through an
@@ -308,16 +303,10 @@ fn the_segment_node_sdk_lands_traits_and_orders() {
         {"type": "track", "user_id": "node-1", "event": "Order Completed", "properties": {"revenue": 25}},
         {"type": "track", "user_id": "node-1", "event": "Order Completed", "properties": {"revenue": 17}},
     ]);
+    let args = sdk_args(&server, &messages);
     run_node(
         "node_send.mjs",
-        &[
-            "--host",
-            &server.base_url,
-            "--write-key",
-            WRITE_KEY,
-            "--messages",
-            &messages.to_string(),
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     poll_until(
         "node-1 with its traits and orders",
