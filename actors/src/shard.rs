@@ -1429,7 +1429,14 @@ impl Handler<Preview> for ShardActor {
             // No customer here yet: validate the rule on an empty shard.
             let empty = Shard::new(self.settings.engine);
             let no_history: &[Event] = &[];
-            empty.preview(&msg.rule, 0, &no_history)?;
+            catch_unwind(AssertUnwindSafe(|| {
+                empty.preview(&msg.rule, 0, &no_history)
+            }))
+            .map_err(|_| {
+                SegmentError::History(xeno_engine::ports::HistoryError(
+                    "the engine failed on this rule".into(),
+                ))
+            })??;
             return Ok((0, Vec::new()));
         };
         let history = self.history(msg.org);
