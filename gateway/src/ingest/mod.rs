@@ -129,31 +129,31 @@ pub fn decode(request: &IngestRequest<'_>) -> Result<Decoded, IngestError> {
     }
     let json: Json = serde_json::from_slice(&body)
         .map_err(|e| refuse(400, "", format!("the body is not valid JSON: {e}")))?;
-    let Json::Object(root) = json else {
+    let Json::Object(mut root) = json else {
         return Err(refuse(400, "", "the body must be a JSON object"));
     };
     let write_key = write_key(request.authorization, &root)?;
-    let batch_sent_at = client_time(&root, "sentAt", "/sentAt")?;
+    let batch_sent_at = client_time(&root, "sentAt", &String::new)?;
     let events = match request.endpoint {
         Endpoint::Batch => {
-            let items = match root.get("batch") {
+            let items = match root.remove("batch") {
                 Some(Json::Array(items)) => items,
                 Some(_) => return Err(refuse(400, "/batch", "`batch` must be a list of events")),
                 None => return Err(refuse(400, "/batch", "`batch` is missing")),
             };
             items
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    let pointer = format!("/batch/{i}");
+                    let pointer = || format!("/batch/{i}");
                     let Json::Object(item) = item else {
-                        return Err(refuse(400, pointer, "an event must be a JSON object"));
+                        return Err(refuse(400, pointer(), "an event must be a JSON object"));
                     };
-                    let size = serde_json::to_vec(item).map_or(0, |v| v.len());
+                    let size = serialized_len(&item);
                     if size > MAX_EVENT_BYTES {
                         return Err(refuse(
                             413,
-                            pointer,
+                            pointer(),
                             format!("the event is {size} bytes, the limit is {MAX_EVENT_BYTES}"),
                         ));
                     }
@@ -162,14 +162,33 @@ pub fn decode(request: &IngestRequest<'_>) -> Result<Decoded, IngestError> {
                 .collect::<Result<Vec<_>, _>>()?
         }
         single => vec![normalise(
-            &root,
+            root,
             single.event_type(),
             batch_sent_at,
             request.received_at,
-            "",
+            &String::new,
         )?],
     };
     Ok(Decoded { write_key, events })
+}
+
+/// The length of `item` serialised, counted without building the bytes.
+fn serialized_len(item: &Map<String, Json>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, item) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 fn decompress(body: &[u8], encoding: Option<&str>) -> Result<Vec<u8>, IngestError> {
@@ -231,64 +250,78 @@ fn write_key(authorization: Option<&str>, root: &Map<String, Json>) -> Result<St
 fn client_time(
     object: &Map<String, Json>,
     key: &str,
-    pointer: &str,
+    base: &dyn Fn() -> String,
 ) -> Result<Option<Timestamp>, IngestError> {
+    let pointer = || format!("{}/{key}", base());
     match object.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(text)) => Timestamp::parse_rfc3339(text)
             .map(Some)
-            .map_err(|e| refuse(400, pointer, e.to_string())),
-        Some(_) => Err(refuse(400, pointer, "a time must be an RFC 3339 string")),
+            .map_err(|e| refuse(400, pointer(), e.to_string())),
+        Some(_) => Err(refuse(400, pointer(), "a time must be an RFC 3339 string")),
     }
 }
 
 /// An id: a non-empty string, or a number (sent as text).
-fn id(object: &Map<String, Json>, key: &str, pointer: &str) -> Result<Option<String>, IngestError> {
-    match object.get(key) {
+fn id(
+    object: &mut Map<String, Json>,
+    key: &str,
+    base: &dyn Fn() -> String,
+) -> Result<Option<String>, IngestError> {
+    let pointer = || format!("{}/{key}", base());
+    match object.remove(key) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) if s.is_empty() => Ok(None),
-        Some(Json::String(s)) if s.len() <= 1024 => Ok(Some(s.clone())),
-        Some(Json::String(_)) => Err(refuse(400, pointer, "ids are limited to 1024 bytes")),
+        Some(Json::String(s)) if s.len() <= 1024 => Ok(Some(s)),
+        Some(Json::String(_)) => Err(refuse(400, pointer(), "ids are limited to 1024 bytes")),
         Some(Json::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(refuse(400, pointer, "an id must be a string")),
+        Some(_) => Err(refuse(400, pointer(), "an id must be a string")),
     }
 }
 
+/// Takes an object field out of `object` (no copy).
 fn object_field(
-    object: &Map<String, Json>,
+    object: &mut Map<String, Json>,
     key: &str,
-    pointer: &str,
+    base: &dyn Fn() -> String,
 ) -> Result<Option<Map<String, Json>>, IngestError> {
-    match object.get(key) {
+    match object.remove(key) {
         None | Some(Json::Null) => Ok(None),
-        Some(Json::Object(map)) => Ok(Some(map.clone())),
-        Some(_) => Err(refuse(400, pointer, format!("`{key}` must be an object"))),
+        Some(Json::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(refuse(
+            400,
+            format!("{}/{key}", base()),
+            format!("`{key}` must be an object"),
+        )),
     }
 }
 
 fn required_string(
-    object: &Map<String, Json>,
+    object: &mut Map<String, Json>,
     key: &str,
-    pointer: &str,
+    base: &dyn Fn() -> String,
 ) -> Result<String, IngestError> {
-    match object.get(key) {
-        Some(Json::String(s)) if !s.is_empty() => Ok(s.clone()),
+    match object.remove(key) {
+        Some(Json::String(s)) if !s.is_empty() => Ok(s),
         _ => Err(refuse(
             400,
-            pointer,
+            format!("{}/{key}", base()),
             format!("`{key}` is required and must be a non-empty string"),
         )),
     }
 }
 
 fn normalise(
-    item: &Map<String, Json>,
+    mut item: Map<String, Json>,
     endpoint_type: Option<&str>,
     batch_sent_at: Option<Timestamp>,
     received_at: Timestamp,
-    base: &str,
+    base: &dyn Fn() -> String,
 ) -> Result<Event, IngestError> {
-    let at = |key: &str| format!("{base}/{key}");
+    // Most events are valid: JSON pointers are built only for an error, and
+    // fields are moved out of the parsed object rather than copied.
+    let at = |key: &str| format!("{}/{key}", base());
+    let item = &mut item;
     let event_type = match (endpoint_type, item.get("type")) {
         (Some(t), _) => t.to_string(),
         (None, Some(Json::String(t))) => t.clone(),
@@ -300,12 +333,12 @@ fn normalise(
             ));
         }
     };
-    let message_id = match id(item, "messageId", &at("messageId"))? {
+    let message_id = match id(item, "messageId", base)? {
         Some(id) => id,
         None => uuid::Uuid::now_v7().to_string(),
     };
-    let user_id = id(item, "userId", &at("userId"))?;
-    let anonymous_id = id(item, "anonymousId", &at("anonymousId"))?;
+    let user_id = id(item, "userId", base)?;
+    let anonymous_id = id(item, "anonymousId", base)?;
     if user_id.is_none() && anonymous_id.is_none() {
         return Err(refuse(
             400,
@@ -313,11 +346,11 @@ fn normalise(
             "an event needs a userId or an anonymousId",
         ));
     }
-    let original = match client_time(item, "originalTimestamp", &at("originalTimestamp"))? {
+    let original = match client_time(item, "originalTimestamp", base)? {
         Some(t) => Some(t),
-        None => client_time(item, "timestamp", &at("timestamp"))?,
+        None => client_time(item, "timestamp", base)?,
     };
-    let sent_at = client_time(item, "sentAt", &at("sentAt"))?.or(batch_sent_at);
+    let sent_at = client_time(item, "sentAt", base)?.or(batch_sent_at);
     let timestamp = match (original, sent_at) {
         // Correct the client's clock by how far its sentAt is from receivedAt.
         (Some(original), Some(sent)) => Timestamp(received_at.0 - (sent.0 - original.0)),
@@ -331,47 +364,45 @@ fn normalise(
             "the corrected timestamp is outside years 0000 to 9999",
         ));
     }
-    let properties = || {
-        Ok::<_, IngestError>(
-            object_field(item, "properties", &at("properties"))?.unwrap_or_default(),
-        )
-    };
-    let name = || -> Result<Option<String>, IngestError> {
-        match item.get("name") {
+    let name = |item: &mut Map<String, Json>| -> Result<Option<String>, IngestError> {
+        match item.remove("name") {
             None | Some(Json::Null) => Ok(None),
-            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(Json::String(s)) => Ok(Some(s)),
             Some(_) => Err(refuse(400, at("name"), "`name` must be a string")),
         }
     };
     let kind = match event_type.as_str() {
         "identify" => {
-            let traits = match object_field(item, "traits", &at("traits"))? {
+            let traits = match object_field(item, "traits", base)? {
                 Some(traits) => traits,
                 // RudderStack's Python SDK puts identify traits in the context.
-                None => object_field(item, "context", &at("context"))?
-                    .and_then(|context| context.get("traits").and_then(Json::as_object).cloned())
+                None => object_field(item, "context", base)?
+                    .and_then(|mut context| match context.remove("traits") {
+                        Some(Json::Object(traits)) => Some(traits),
+                        _ => None,
+                    })
                     .unwrap_or_default(),
             };
             EventKind::Identify { traits }
         }
         "track" => EventKind::Track {
-            event: required_string(item, "event", &at("event"))?,
-            properties: properties()?,
+            event: required_string(item, "event", base)?,
+            properties: object_field(item, "properties", base)?.unwrap_or_default(),
         },
         "page" => EventKind::Page {
-            name: name()?,
-            properties: properties()?,
+            name: name(item)?,
+            properties: object_field(item, "properties", base)?.unwrap_or_default(),
         },
         "screen" => EventKind::Screen {
-            name: name()?,
-            properties: properties()?,
+            name: name(item)?,
+            properties: object_field(item, "properties", base)?.unwrap_or_default(),
         },
         "group" => EventKind::Group {
-            group_id: required_string(item, "groupId", &at("groupId"))?,
-            traits: object_field(item, "traits", &at("traits"))?.unwrap_or_default(),
+            group_id: required_string(item, "groupId", base)?,
+            traits: object_field(item, "traits", base)?.unwrap_or_default(),
         },
         "alias" => EventKind::Alias {
-            previous_id: required_string(item, "previousId", &at("previousId"))?,
+            previous_id: required_string(item, "previousId", base)?,
         },
         other => {
             return Err(refuse(
