@@ -139,6 +139,9 @@ pub fn field_key(org: Uuid, name: &str) -> Vec<u8> {
 pub fn alias_key(org: Uuid, from: &str) -> Vec<u8> {
     format!("t/{org}/alias/{from}").into_bytes()
 }
+pub fn epoch_key(org: Uuid) -> Vec<u8> {
+    format!("t/{org}/epoch").into_bytes()
+}
 pub fn shard_key(org: Uuid, partition: u32) -> Vec<u8> {
     format!("t/{org}/shard/{partition:08}").into_bytes()
 }
@@ -156,6 +159,11 @@ pub struct OrgState {
     /// Merged profiles: customer id -> the id it was merged into (always a
     /// root: the target is not itself merged).
     pub aliases: HashMap<String, String>,
+    /// Bumped whenever the organization gets its first webhook endpoint:
+    /// last-transition markers are kept per epoch, so markers left from a
+    /// time the organization had endpoints are never read again after a time
+    /// it had none.
+    pub endpoint_epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +229,7 @@ impl Catalog {
                     webhooks: HashMap::new(),
                     fields: HashMap::new(),
                     aliases: HashMap::new(),
+                    endpoint_epoch: 0,
                 },
             );
             Ok(())
@@ -258,17 +267,29 @@ impl Catalog {
                 org.aliases.insert(from, into);
                 Ok(())
             })?;
-            // Chains (a merged into b, b later into c) resolve to their root.
+            // Chains (a merged into b, b later into c) resolve to their root;
+            // a link that would close a cycle is dropped.
             let direct = org.aliases.clone();
-            for target in org.aliases.values_mut() {
+            let mut cyclic = Vec::new();
+            for (from, target) in org.aliases.iter_mut() {
                 let mut hops = 0;
                 while let Some(next) = direct.get(target.as_str()) {
                     hops += 1;
-                    if hops > 64 {
+                    if hops > 64 || next == from {
+                        cyclic.push(from.clone());
                         break;
                     }
                     *target = next.clone();
                 }
+                if target == from {
+                    cyclic.push(from.clone());
+                }
+            }
+            for from in cyclic {
+                org.aliases.remove(&from);
+            }
+            if let Some(bytes) = store.get(format!("t/{id}/epoch").as_bytes())? {
+                org.endpoint_epoch = decode(b"epoch", &bytes)?;
             }
             scan_all(store, format!("t/{id}/wh/").as_bytes(), &mut |k, v| {
                 let record: WebhookRecord = decode(k, v)?;
@@ -332,6 +353,7 @@ impl Catalog {
                 webhooks: HashMap::new(),
                 fields: HashMap::new(),
                 aliases: HashMap::new(),
+                endpoint_epoch: 0,
             });
         })
     }
@@ -417,6 +439,14 @@ impl Catalog {
                 && let Some(record) = o.segments.remove(&id)
             {
                 o.by_engine_id.remove(&record.engine_id);
+            }
+        })
+    }
+
+    pub fn set_endpoint_epoch(&self, org: Uuid, epoch: u64) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                o.endpoint_epoch = epoch;
             }
         })
     }

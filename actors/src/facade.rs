@@ -20,8 +20,8 @@ use xeno_engine::time::Timestamp;
 
 use crate::catalog::{
     ApiKeyRecord, Catalog, OrgRecord, Role, SegmentRecord, WEBHOOK_EVENTS, WebhookRecord,
-    alias_key, api_key_key, delivery_key, delivery_prefix, encode, field_key, org_key, segment_key,
-    webhook_key, write_key_key,
+    alias_key, api_key_key, delivery_key, delivery_prefix, encode, epoch_key, field_key, org_key,
+    segment_key, webhook_key, write_key_key,
 };
 use crate::clock::{ClockActor, NowFn};
 use crate::dispatch::{
@@ -689,11 +689,18 @@ impl Runtime {
                 .iter()
                 .map(|(from, into)| StateWrite::Put(alias_key(org, from), encode(into)))
                 .collect();
-            let store = self.inner.ports.store.clone();
-            tokio::task::spawn_blocking(move || store.commit(writes, true))
-                .await
-                .map_err(|e| RuntimeError::Internal(e.to_string()))??;
-            catalog.put_aliases(org, &new);
+            // The commit and the memory update run together off the async
+            // workers: a cancelled request cannot leave a link durable but
+            // unknown (which a later opposite link could turn into a cycle).
+            let (store, memory, recorded) =
+                (self.inner.ports.store.clone(), catalog.clone(), new.clone());
+            tokio::task::spawn_blocking(move || {
+                store.commit(writes, true)?;
+                memory.put_aliases(org, &recorded);
+                Ok::<_, PortError>(())
+            })
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
         }
         if new.is_empty() && !catalog.has_aliases(org) {
             return Ok((new, origins));
@@ -1279,11 +1286,26 @@ impl Runtime {
             updated_at: at,
         };
         self.check_webhook(org, &record)?;
-        let write = StateWrite::Put(webhook_key(org, record.id), encode(&record));
+        let mut writes = vec![StateWrite::Put(
+            webhook_key(org, record.id),
+            encode(&record),
+        )];
+        // The first endpoint after none starts a new marker epoch.
+        let (first, epoch) = self
+            .inner
+            .catalog
+            .with_org(org, |o| (o.webhooks.is_empty(), o.endpoint_epoch + 1))
+            .unwrap_or((false, 0));
+        if first {
+            writes.push(StateWrite::Put(epoch_key(org), encode(&epoch)));
+        }
         let stored = record.clone();
         self.inner
             .catalog
-            .commit(&*self.inner.ports.store, vec![write], |c| {
+            .commit(&*self.inner.ports.store, writes, |c| {
+                if first {
+                    c.set_endpoint_epoch(org, epoch);
+                }
                 c.put_webhook(org, stored)
             })?;
         self.start_dispatcher(org, record.id);
@@ -1383,28 +1405,6 @@ impl Runtime {
         }
         if let Some(addr) = self.inner.registry.remove_dispatcher(id) {
             let _ = addr.try_send(StopDispatcher);
-        }
-        let none_left = self
-            .inner
-            .catalog
-            .with_org(org, |o| o.webhooks.is_empty())
-            .unwrap_or(true);
-        if none_left {
-            // Last-transition markers are kept only while the organization has
-            // endpoints; stale ones must not suppress a later endpoint's
-            // first deliveries.
-            let prefix = format!("t/{org}/last/").into_bytes();
-            loop {
-                let page = self.inner.ports.store.scan(&prefix, None, 4096)?;
-                if page.is_empty() {
-                    break;
-                }
-                let deletes = page
-                    .into_iter()
-                    .map(|(k, _)| StateWrite::Delete(k))
-                    .collect();
-                self.inner.ports.store.commit(deletes, false)?;
-            }
         }
         Ok(())
     }

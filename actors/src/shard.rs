@@ -563,18 +563,13 @@ impl ShardActor {
         };
         let mut ignored = Vec::new();
         let log = self.log.clone();
-        let catalog = self.catalog.clone();
         let replay = read_range(
             &*log,
             self.partition,
             self.snapshot_at,
             poison,
             &mut |_, record| {
-                let merged = record
-                    .event
-                    .customer_key()
-                    .is_some_and(|k| catalog.alias_of(org, k).is_some_and(|into| into != k));
-                if record.org == org && !merged {
+                if record.org == org {
                     let now = shard.now().max(record.received_at);
                     let _ = catch_unwind(AssertUnwindSafe(|| {
                         shard.advance_time(now, &mut ignored);
@@ -590,8 +585,9 @@ impl ShardActor {
         self.tenants.insert(org, shard);
         // Segments created or changed since the snapshot.
         self.reconcile_tenant(org);
-        // Profiles merged since the snapshot are merged again (their events
-        // reach the target under the same derived ids, so once).
+        // Merged profiles come back from the replay and are merged again: their
+        // events reach the target under the same derived ids (so once), and the
+        // exits of a merge cut short by the panic are produced.
         self.finish_merges(org);
     }
 
@@ -772,11 +768,19 @@ impl ShardActor {
     /// profile still exists in this partition (after a restart, a panic
     /// rebuild, or a merge whose forwarding failed).
     fn finish_merges(&mut self, org: Uuid) {
+        let pending = self.pending_merges(org);
+        if !pending.is_empty() {
+            self.merge(org, pending);
+        }
+    }
+
+    /// The recorded merges of `org` whose merged profile still exists here.
+    fn pending_merges(&self, org: Uuid) -> Vec<(String, String)> {
         let Some(shard) = self.tenants.get(&org) else {
-            return;
+            return Vec::new();
         };
         if !self.catalog.has_aliases(org) {
-            return;
+            return Vec::new();
         }
         let partitions = self.log.partitions();
         let pending: Vec<(String, String)> = self
@@ -788,9 +792,7 @@ impl ShardActor {
                     && shard.customer_row(from).is_some()
             })
             .collect();
-        if !pending.is_empty() {
-            self.merge(org, pending);
-        }
+        pending
     }
 
     /// Appends forwarded events to their partitions and hands them to their
@@ -848,7 +850,7 @@ impl ShardActor {
                 Transition::Entered => "segment.entered",
                 Transition::Exited => "segment.exited",
             };
-            let Some((slug, segment_id, segment, endpoints, any_endpoint)) = self
+            let Some((slug, segment_id, segment, endpoints, any_endpoint, epoch)) = self
                 .catalog
                 .with_org(org, |o| {
                     let segment_id = *o.by_engine_id.get(&delta.segment.0)?;
@@ -865,13 +867,16 @@ impl ShardActor {
                         json!({"id": segment_id, "name": segment.name}),
                         endpoints,
                         !o.webhooks.is_empty(),
+                        o.endpoint_epoch,
                     ))
                 })
                 .flatten()
             else {
                 continue;
             };
-            if !any_endpoint {
+            // Backfill deltas send nothing and need no marker: a missing
+            // marker can only let a repeat through, never suppress.
+            if !any_endpoint || delta.cause == Cause::Backfill {
                 continue;
             }
             // The last transition per (segment, customer), kept while the
@@ -887,7 +892,7 @@ impl ShardActor {
             else {
                 continue;
             };
-            let key = last_transition_key(org, segment_id, &customer_id);
+            let key = last_transition_key(org, epoch, segment_id, &customer_id);
             let value = event_type.as_bytes().to_vec();
             let previous = match markers.get(&key) {
                 Some(v) => Some(v.clone()),
@@ -898,7 +903,7 @@ impl ShardActor {
                 continue;
             }
             markers.insert(key, value);
-            if delta.cause == Cause::Backfill || endpoints.is_empty() {
+            if endpoints.is_empty() {
                 continue;
             }
             let customer = self.customer_json(org, delta.customer);
@@ -1206,10 +1211,10 @@ impl Handler<InjectEnginePanic> for ShardActor {
     }
 }
 
-/// Where the last transition of (segment, customer) is kept:
-/// `t/{org}/last/{segment}/{customer}`.
-fn last_transition_key(org: Uuid, segment: Uuid, customer: &str) -> Vec<u8> {
-    format!("t/{org}/last/{segment}/{customer}").into_bytes()
+/// Where the last transition of (segment, customer) is kept, per endpoint
+/// epoch: `t/{org}/last/{epoch}/{segment}/{customer}`.
+fn last_transition_key(org: Uuid, epoch: u64, segment: Uuid, customer: &str) -> Vec<u8> {
+    format!("t/{org}/last/{epoch}/{segment}/{customer}").into_bytes()
 }
 
 /// Merge profiles of this partition into others (see [`ShardActor::merge`]).
@@ -1370,7 +1375,10 @@ impl Handler<Tick> for ShardActor {
         self.flush_forwards();
         if self.forwards.is_empty() {
             for org in std::mem::take(&mut self.merge_retry) {
-                self.finish_merges(org);
+                let pending = self.pending_merges(org);
+                if !pending.is_empty() {
+                    self.merge_in_background(org, pending, ctx);
+                }
             }
         }
         let orgs: Vec<Uuid> = self.tenants.keys().copied().collect();

@@ -718,3 +718,48 @@ fn an_engine_panic_rebuilds_the_tenant_from_durable_state() {
         runtime.shutdown().await;
     });
 }
+
+/// Markers from a time the organization had endpoints are not read after a
+/// time it had none: a new endpoint gets the exit that repeats the last
+/// transition an old endpoint was sent.
+#[test]
+fn a_new_endpoint_after_none_is_not_muted_by_old_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let (runtime, org) = ready(dir.path(), &recorder).await;
+        runtime
+            .create_segment(
+                org,
+                "recent",
+                parse_rule(&json!("performed \"Login\" within 1s")).unwrap(),
+            )
+            .await
+            .unwrap();
+        let login = |id: &str| Event::track(id, "ada", now(), "Login", json!({}));
+        let first = subscribe(&runtime, org, &["segment.entered", "segment.exited"]);
+        runtime
+            .ingest(org, vec![login("l-1")], now())
+            .await
+            .unwrap();
+        // Entered, then exited when the window closes.
+        eventually(async || (recorder.bodies().len() == 2).then_some(())).await;
+        runtime.delete_webhook(org, first.id).unwrap();
+        // With no endpoint, ada enters again; a new endpoint arrives before
+        // the window closes and must get the exit.
+        runtime
+            .ingest(org, vec![login("l-2")], now())
+            .await
+            .unwrap();
+        eventually(async || {
+            let c = runtime.customer(org, "ada").await.ok()?;
+            (!c.segments.is_empty()).then_some(())
+        })
+        .await;
+        subscribe(&runtime, org, &["segment.entered", "segment.exited"]);
+        eventually(async || (recorder.bodies().len() == 3).then_some(())).await;
+        assert_eq!(recorder.bodies()[2].1["type"], "segment.exited");
+        runtime.shutdown().await;
+    });
+}
