@@ -11,8 +11,13 @@
 //! t/{org}/seg/{segment}       -> SegmentRecord
 //! t/{org}/wh/{endpoint}       -> WebhookRecord
 //! t/{org}/dl/{endpoint}/{id}  -> DeliveryRecord     (the webhook outbox and its history)
-//! t/{org}/shard/{partition}   -> offset ++ engine snapshot
+//! t/{org}/field/{name}        -> AttrType           (types segments rely on, declared on every shard)
 //! t/{org}/alias/{id}          -> the customer id `id` was merged into
+//! t/{org}/epoch               -> endpoint epoch     (see OrgState::endpoint_epoch)
+//! t/{org}/last/{epoch}/{segment}/{customer} -> last transition (written by the shards)
+//! t/{org}/shard/{partition}   -> offset ++ engine snapshot (written by the shards)
+//! g/partitions                -> log partition count, fixed at the first start
+//! p/{partition}/snapshot|outboxed|checkpoint/{ms} -> a shard's offsets (node bookkeeping)
 //! ```
 
 use std::collections::HashMap;
