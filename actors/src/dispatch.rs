@@ -278,7 +278,7 @@ impl WebhookDispatcher {
         &mut self,
         mut delivery: DeliveryRecord,
         outcome: WebhookOutcome,
-        ctx: &mut Context<Self>,
+        _ctx: &mut Context<Self>,
     ) {
         delivery.attempts += 1;
         let (label, gone) = match &outcome {
@@ -318,7 +318,6 @@ impl WebhookDispatcher {
                 delivery.next_attempt_at = Some(at);
                 self.persist(&delivery);
                 self.waiting.insert((at, delivery.id.clone()), delivery);
-                let _ = ctx;
                 return;
             }
         }
