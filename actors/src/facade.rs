@@ -1121,6 +1121,33 @@ impl Runtime {
             })?;
         self.remove_from_shards(org, record.engine_id).await;
         self.inner.registry.forget_segment(org, record.engine_id);
+        // The segment's last-transition markers of the current epoch go too
+        // (a deleted segment's id never comes back, so this is only space).
+        let epoch = self
+            .inner
+            .catalog
+            .with_org(org, |o| o.endpoint_epoch)
+            .unwrap_or(0);
+        let prefix = format!("t/{org}/last/{epoch}/{id}/").into_bytes();
+        let store = self.inner.ports.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || -> Result<(), PortError> {
+            loop {
+                let page = store.scan(&prefix, None, 4096)?;
+                if page.is_empty() {
+                    return Ok(());
+                }
+                store.commit(
+                    page.into_iter()
+                        .map(|(k, _)| StateWrite::Delete(k))
+                        .collect(),
+                    false,
+                )?;
+            }
+        })
+        .await;
+        if !matches!(pruned, Ok(Ok(()))) {
+            tracing::warn!(org = %org, segment = %id, "pruning the deleted segment's markers failed");
+        }
         Ok(())
     }
 
