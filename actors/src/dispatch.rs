@@ -50,6 +50,9 @@ pub struct DeliveryRecord {
     /// Unix ms of the next attempt, while pending.
     pub next_attempt_at: Option<i64>,
     pub created_at: String,
+    /// When it was delivered or given up on (retention counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Json,
 }
@@ -125,7 +128,8 @@ pub fn prune_history(
             let Ok(d) = serde_json::from_slice::<DeliveryRecord>(&value) else {
                 continue;
             };
-            let created = xeno_engine::time::Timestamp::parse_rfc3339(&d.created_at)
+            let finished = d.finished_at.as_deref().unwrap_or(&d.created_at);
+            let created = xeno_engine::time::Timestamp::parse_rfc3339(finished)
                 .map(|t| t.0)
                 .unwrap_or(i64::MAX);
             let expired = match d.status {
@@ -322,6 +326,7 @@ impl WebhookDispatcher {
             }
         }
         self.known.remove(&delivery.id);
+        delivery.finished_at = Some(xeno_engine::time::Timestamp(now_ms()).to_rfc3339());
         self.persist(&delivery);
     }
 
@@ -432,6 +437,7 @@ impl Handler<Replay> for WebhookDispatcher {
         }
         // A replay gets the full retry schedule again.
         delivery.attempts = 0;
+        delivery.finished_at = None;
         delivery.status = DeliveryStatus::Pending;
         delivery.next_attempt_at = Some(now_ms());
         if self
@@ -467,6 +473,7 @@ mod tests {
             last_status: None,
             next_attempt_at: None,
             created_at: xeno_engine::time::Timestamp(now - age_days * day).to_rfc3339(),
+            finished_at: None,
             payload: serde_json::json!({}),
         };
         let all = [
@@ -475,6 +482,11 @@ mod tests {
             record("delivered-new", DeliveryStatus::Delivered, 1),
             record("dead-recent", DeliveryStatus::Dead, 20),
             record("dead-old", DeliveryStatus::Dead, 40),
+            // Created long ago but delivered after a day of retries: kept.
+            DeliveryRecord {
+                finished_at: Some(xeno_engine::time::Timestamp(now - day).to_rfc3339()),
+                ..record("retried-late", DeliveryStatus::Delivered, 5)
+            },
         ];
         store
             .commit(
@@ -499,7 +511,15 @@ mod tests {
             .into_iter()
             .map(|(_, v)| serde_json::from_slice::<DeliveryRecord>(&v).unwrap().id)
             .collect();
-        assert_eq!(left, ["dead-recent", "delivered-new", "pending-old"]);
+        assert_eq!(
+            left,
+            [
+                "dead-recent",
+                "delivered-new",
+                "pending-old",
+                "retried-late"
+            ]
+        );
     }
 
     #[test]

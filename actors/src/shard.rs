@@ -1560,6 +1560,7 @@ impl DeliveryRecord {
             last_status: None,
             next_attempt_at: Some(now.0),
             created_at: now.to_rfc3339(),
+            finished_at: None,
             payload,
         }
     }
