@@ -203,7 +203,13 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), PortError> + 'a;
 
-fn scan_all(store: &dyn StatePort, prefix: &[u8], visit: &mut Visit<'_>) -> Result<(), PortError> {
+/// Visits every pair whose key starts with `prefix`, a page at a time (the
+/// visitor may delete what it has seen).
+pub fn scan_all(
+    store: &dyn StatePort,
+    prefix: &[u8],
+    visit: &mut Visit<'_>,
+) -> Result<(), PortError> {
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = store.scan(prefix, after.as_deref(), 1024)?;

@@ -25,7 +25,7 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 use xeno_engine::ports::{StatePort, StateWrite, WebhookOutcome, WebhookPort, WebhookRequest};
 
-use crate::catalog::{Catalog, delivery_key, delivery_prefix, encode};
+use crate::catalog::{Catalog, delivery_key, delivery_prefix, encode, scan_all};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -114,38 +114,34 @@ pub fn prune_history(
 ) -> Result<u64, xeno_engine::ports::PortError> {
     let delivered_before = now_ms - retention.as_millis() as i64;
     let dead_before = now_ms - 10 * retention.as_millis() as i64;
-    let prefix = delivery_prefix(org, endpoint);
-    let mut after: Option<Vec<u8>> = None;
     let mut deleted = 0;
-    loop {
-        let page = store.scan(&prefix, after.as_deref(), 1024)?;
-        let Some((last, _)) = page.last() else {
-            return Ok(deleted);
+    let mut writes = Vec::new();
+    scan_all(store, &delivery_prefix(org, endpoint), &mut |key, value| {
+        let Ok(d) = serde_json::from_slice::<DeliveryRecord>(value) else {
+            return Ok(());
         };
-        after = Some(last.clone());
-        let mut writes = Vec::new();
-        for (key, value) in page {
-            let Ok(d) = serde_json::from_slice::<DeliveryRecord>(&value) else {
-                continue;
-            };
-            let finished = d.finished_at.as_deref().unwrap_or(&d.created_at);
-            let created = xeno_engine::time::Timestamp::parse_rfc3339(finished)
-                .map(|t| t.0)
-                .unwrap_or(i64::MAX);
-            let expired = match d.status {
-                DeliveryStatus::Pending => false,
-                DeliveryStatus::Delivered => created < delivered_before,
-                DeliveryStatus::Dead => created < dead_before,
-            };
-            if expired {
-                writes.push(StateWrite::Delete(key));
-            }
+        let finished = d.finished_at.as_deref().unwrap_or(&d.created_at);
+        let finished = xeno_engine::time::Timestamp::parse_rfc3339(finished)
+            .map(|t| t.0)
+            .unwrap_or(i64::MAX);
+        let expired = match d.status {
+            DeliveryStatus::Pending => false,
+            DeliveryStatus::Delivered => finished < delivered_before,
+            DeliveryStatus::Dead => finished < dead_before,
+        };
+        if expired {
+            writes.push(StateWrite::Delete(key.to_vec()));
+            deleted += 1;
         }
-        deleted += writes.len() as u64;
-        if !writes.is_empty() {
-            store.commit(writes, false)?;
+        if writes.len() >= 1024 {
+            store.commit(std::mem::take(&mut writes), false)?;
         }
+        Ok(())
+    })?;
+    if !writes.is_empty() {
+        store.commit(writes, false)?;
     }
+    Ok(deleted)
 }
 
 /// New deliveries, already durable.
@@ -209,28 +205,23 @@ impl WebhookDispatcher {
 
     /// Queues every pending delivery of the outbox not already queued.
     fn load_pending(&mut self) {
-        let prefix = delivery_prefix(self.org, self.endpoint);
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = match self.store.scan(&prefix, after.as_deref(), 1024) {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(endpoint = %self.endpoint, error = %e, "reading the outbox failed");
-                    self.missed.store(true, Ordering::Release);
-                    return;
+        let (known, waiting) = (&mut self.known, &mut self.waiting);
+        let scanned = scan_all(
+            &*self.store,
+            &delivery_prefix(self.org, self.endpoint),
+            &mut |_, value| {
+                if let Ok(d) = serde_json::from_slice::<DeliveryRecord>(value)
+                    && d.status == DeliveryStatus::Pending
+                    && known.insert(d.id.clone())
+                {
+                    waiting.insert((d.next_attempt_at.unwrap_or(0), d.id.clone()), d);
                 }
-            };
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (_, value) in page {
-                let Ok(d) = serde_json::from_slice::<DeliveryRecord>(&value) else {
-                    continue;
-                };
-                if d.status == DeliveryStatus::Pending && self.known.insert(d.id.clone()) {
-                    let at = d.next_attempt_at.unwrap_or(0);
-                    self.waiting.insert((at, d.id.clone()), d);
-                }
-            }
+                Ok(())
+            },
+        );
+        if let Err(e) = scanned {
+            tracing::error!(endpoint = %self.endpoint, error = %e, "reading the outbox failed");
+            self.missed.store(true, Ordering::Release);
         }
     }
 

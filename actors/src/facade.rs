@@ -1611,24 +1611,24 @@ fn bootstrap(
             (o, true)
         }
     };
-    let write_key = match (&b.write_key, created) {
-        (Some(k), _) => Some(k.clone()),
-        (None, true) => {
-            let k = random_token("wk_")?;
-            generated.write_key = Some(k.clone());
-            Some(k)
-        }
-        (None, false) => None,
+    // A configured key is registered whenever missing; an absent one is
+    // generated (and reported once) only when the organization is new.
+    let key = |configured: &Option<String>,
+               prefix: &str,
+               shown: &mut Option<String>|
+     -> Result<Option<String>, RuntimeError> {
+        Ok(match (configured, created) {
+            (Some(k), _) => Some(k.clone()),
+            (None, true) => {
+                let k = random_token(prefix)?;
+                *shown = Some(k.clone());
+                Some(k)
+            }
+            (None, false) => None,
+        })
     };
-    let admin_key = match (&b.admin_api_key, created) {
-        (Some(k), _) => Some(k.clone()),
-        (None, true) => {
-            let k = random_token("xk_")?;
-            generated.admin_api_key = Some(k.clone());
-            Some(k)
-        }
-        (None, false) => None,
-    };
+    let write_key = key(&b.write_key, "wk_", &mut generated.write_key)?;
+    let admin_key = key(&b.admin_api_key, "xk_", &mut generated.admin_api_key)?;
     let mut key_records = Vec::new();
     if let Some(k) = &write_key
         && catalog.org_for_write_key(k).is_none()
