@@ -57,6 +57,34 @@ fn reopening_recovers_records_and_next_offsets() {
 }
 
 #[test]
+fn overwrite_replaces_records_in_place_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), 2).unwrap();
+        log.append(0, records("a", 3)).unwrap();
+        log.append(0, records("b", 3)).unwrap();
+        log.overwrite(
+            0,
+            vec![
+                (1, b"gone".to_vec()),
+                (4, b"gone too".to_vec()),
+                (99, b"never written".to_vec()),
+            ],
+        )
+        .unwrap();
+    }
+    let log = EventLog::open(dir.path(), 2).unwrap();
+    let texts: Vec<String> = log
+        .read(0, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| String::from_utf8(v).unwrap())
+        .collect();
+    assert_eq!(texts, ["a-0", "gone", "a-2", "b-0", "gone too", "b-2"]);
+    assert_eq!(log.append(0, records("c", 1)).unwrap(), 6..7, "offsets unchanged");
+}
+
+#[test]
 fn retention_deletes_only_older_records() {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(dir.path(), 1).unwrap();

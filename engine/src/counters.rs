@@ -196,6 +196,13 @@ impl CounterStore {
         }
     }
 
+    /// Drops every cell of `row`, as for a customer with no events.
+    pub fn forget_row(&mut self, row: u32) {
+        for group in &mut self.groups {
+            group.rows.remove(&row);
+        }
+    }
+
     /// Whether the customer performed at least `k` matching events (within the
     /// window, at `now`), and until when that answer holds with no new event.
     pub fn at_least(&self, id: u32, row: u32, k: u32, now: Timestamp) -> (bool, Timestamp) {
@@ -294,6 +301,40 @@ mod tests {
             &mut changed,
         );
         assert!(changed.is_empty());
+    }
+
+    #[test]
+    fn forgotten_rows_start_over_and_others_keep_their_counts() {
+        let mut store = CounterStore::default();
+        let (total, _) = store.acquire(&spec(0, None));
+        let (windowed, _) = store.acquire(&spec(2, Some(30)));
+        let mut changed = Vec::new();
+        for row in [1, 2, 1] {
+            store.record(
+                "Order Completed",
+                row,
+                Timestamp(DAY),
+                None,
+                None,
+                &mut changed,
+            );
+        }
+        store.forget_row(1);
+        let now = Timestamp(2 * DAY);
+        assert!(!store.at_least(total, 1, 1, now).0);
+        assert!(!store.at_least(windowed, 1, 1, now).0);
+        assert!(store.at_least(total, 2, 1, now).0);
+        assert!(store.at_least(windowed, 2, 1, now).0);
+        store.record(
+            "Order Completed",
+            1,
+            Timestamp(DAY),
+            None,
+            None,
+            &mut changed,
+        );
+        assert!(store.at_least(total, 1, 1, now).0);
+        assert!(!store.at_least(total, 1, 2, now).0, "counting restarted");
     }
 
     #[test]

@@ -85,6 +85,11 @@ pub trait EventLogPort: Send + Sync {
     /// Deletes the records of `partition` before `before` (retention); returns
     /// how many went.
     fn truncate_before(&self, partition: u32, before: u64) -> Result<u64, PortError>;
+    /// Replaces the records at the given offsets of `partition` with new bytes,
+    /// durably, keeping every offset where it is. Erasure uses it to put a
+    /// tombstone where a forgotten customer's events were (right to be
+    /// forgotten); offsets below the retained range are ignored.
+    fn overwrite(&self, partition: u32, records: Vec<(u64, Vec<u8>)>) -> Result<(), PortError>;
 }
 
 /// One change of a [`StatePort::commit`].

@@ -35,6 +35,17 @@
 //!
 //! Row 0 of every column is a customer that never receives an event: evaluating
 //! a rule on it tells which segments a brand-new customer belongs to.
+//!
+//! Beside the event path: [`Shard::query_customers`] lists customers in a
+//! stable, pageable order (module `listing`), [`Shard::change_field_type`]
+//! converts an attribute's values in place (module `retype`), and
+//! [`Shard::purge_removed`] erases a removed customer for good.
+
+mod listing;
+mod retype;
+
+pub use listing::{CustomerQuery, ListPosition, ListedCustomer};
+pub use retype::{FieldTypeCheck, FieldTypeError};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
@@ -185,6 +196,10 @@ pub enum SegmentError {
     Unknown(SegmentId),
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// A customer listing asked to sort by a field that does not exist (the
+    /// caller's mistake).
+    #[error("cannot sort by `{0}`: there is no attribute or computed trait of that name")]
+    UnknownSortField(String),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -1318,10 +1333,31 @@ impl Shard {
             .get(&id)
             .ok_or(SegmentError::Unknown(id))?;
         let (compiled, counter_ids) = self.compile_linked(&rule, history)?;
+        let (old_counters, version) = self.reinstall(slot, rule, compiled, counter_ids, true, out);
+        self.release_counters(&old_counters);
+        Ok(version)
+    }
+
+    /// Puts a newly compiled rule of an existing segment in place: every
+    /// customer is re-evaluated, those whose membership changes get a delta
+    /// (cause `RuleChange`), and the dependency index follows the new rule.
+    /// Returns the counters the old rule held, for the caller to release once
+    /// the new rule holds its own, and the segment's version (the next one
+    /// when `bump_version`).
+    fn reinstall(
+        &mut self,
+        slot: u32,
+        rule: Rule,
+        compiled: CompiledRule,
+        counter_ids: Vec<u32>,
+        bump_version: bool,
+        out: &mut Vec<Delta>,
+    ) -> (Vec<u32>, u64) {
         let (members, deadlines, empty_member) = self.evaluate_all(&compiled);
         let old = self.segments.slots[slot as usize]
             .take()
             .expect("indexed slots are occupied");
+        let id = old.id;
         // Pairs the new rule gives no deadline keep a stale one, which fires once
         // and re-evaluates to the same answer.
         for (row, until) in deadlines {
@@ -1348,12 +1384,11 @@ impl Shard {
             });
         }
         self.segments.unregister(slot);
-        self.release_counters(&old.counter_ids);
         self.segments.register(slot, &compiled, &counter_ids);
         if empty_member {
             self.segments.empty_members.push(slot);
         }
-        let version = old.version + 1;
+        let version = old.version + u64::from(bump_version);
         self.segments.slots[slot as usize] = Some(SegmentSlot {
             id,
             rule,
@@ -1362,7 +1397,7 @@ impl Shard {
             members,
             version,
         });
-        Ok(version)
+        (old.counter_ids, version)
     }
 
     /// Removes a segment.
@@ -1420,8 +1455,9 @@ impl Shard {
     /// Returns whether the customer existed.
     ///
     /// The row's storage is not reused (a removed customer costs its columns'
-    /// bytes until the shard is rebuilt); its external id stays readable by
-    /// [`Self::customer_id`] so the exits can name it.
+    /// bytes until the shard is rebuilt); its external id and state stay until
+    /// [`Self::purge_removed`], so that [`Self::customer_id`] can name it in
+    /// the exits.
     pub fn remove_customer(&mut self, external_id: &str, out: &mut Vec<Delta>) -> bool {
         let Some(row) = self.state.customers.remove(external_id) else {
             return false;
@@ -1446,6 +1482,44 @@ impl Shard {
         self.segments.tracks[row as usize].clear();
         self.state.removed.insert(row);
         true
+    }
+
+    /// Erases what is left of a customer [`Self::remove_customer`] removed, for
+    /// a request to be forgotten: every attribute value and its write time,
+    /// every computed trait value and state, its event counters, pending
+    /// deadlines and external id. Afterwards [`Self::customer_id`] of the row
+    /// is `None`, and no [`Self::snapshot`] holds anything of the customer:
+    /// strings only it held leave their column's dictionary too.
+    ///
+    /// The runtime calls it after turning the removal's exits into webhooks,
+    /// which read the external id. A row that is not removed (or already
+    /// purged) is left alone. Costs a pass over each string column whose value
+    /// was unique to the customer. Remembered `messageId`s are hashes of the
+    /// events' ids and stay until the dedup window forgets them.
+    pub fn purge_removed(&mut self, row: u32) {
+        if row == 0 || !self.state.removed.contains(row) {
+            return;
+        }
+        debug_assert!(
+            self.state
+                .customers
+                .get(&self.state.external_ids[row as usize])
+                .is_none_or(|r| *r != row),
+            "a removed row is not indexed"
+        );
+        for column in &mut self.state.attrs {
+            column.purge_row(row);
+        }
+        for (t, computed) in self.state.traits.iter_mut().enumerate() {
+            computed.purge_row(row);
+            if computed.is_windowed() {
+                self.trait_deadlines
+                    .schedule(DeadlineKey::new(t as u32, row), Timestamp::NEVER);
+            }
+        }
+        self.state.counters.forget_row(row);
+        self.segments.tracks[row as usize].clear();
+        self.state.external_ids[row as usize] = "".into();
     }
 
     /// Customers in any of `include_any` (all customers when empty), in all of
@@ -1487,6 +1561,33 @@ impl Shard {
         sample: usize,
         history: &dyn EventHistory,
     ) -> Result<Preview, SegmentError> {
+        let (compiled, extra) = self.compile_adhoc(rule, history)?;
+        let ctx = self.state.ctx(Some(&extra));
+        let removed = &self.state.removed;
+        let wanted = sample.saturating_add(removed.len() as usize);
+        let mut preview =
+            crate::preview::scan(&compiled, &ctx, self.state.rows(), self.now, wanted);
+        if !removed.is_empty() {
+            let matching_removed = removed
+                .iter()
+                .filter(|row| compiled.evaluate(&ctx, *row, self.now).0)
+                .count() as u64;
+            preview.count = preview.count.saturating_sub(matching_removed);
+            preview.sample.retain(|row| !removed.contains(*row));
+        }
+        preview.sample.truncate(sample);
+        Ok(preview)
+    }
+
+    /// Compiles a rule that is not a segment's (a preview, a listing filter)
+    /// without touching the shard: counters no segment keeps are built from
+    /// `history` into a store of their own, to evaluate with
+    /// `self.state.ctx(Some(&extra))`.
+    fn compile_adhoc(
+        &self,
+        rule: &Rule,
+        history: &dyn EventHistory,
+    ) -> Result<(CompiledRule, CounterStore), SegmentError> {
         let mut compiled = compile(rule, &self.state)?;
         let base = self.state.counters.id_count() as u32;
         let mut ids = Vec::with_capacity(compiled.counters.len());
@@ -1521,21 +1622,7 @@ impl Shard {
             })?;
         }
         compiled.link(&ids);
-        let ctx = self.state.ctx(Some(&extra));
-        let removed = &self.state.removed;
-        let wanted = sample.saturating_add(removed.len() as usize);
-        let mut preview =
-            crate::preview::scan(&compiled, &ctx, self.state.rows(), self.now, wanted);
-        if !removed.is_empty() {
-            let matching_removed = removed
-                .iter()
-                .filter(|row| compiled.evaluate(&ctx, *row, self.now).0)
-                .count() as u64;
-            preview.count = preview.count.saturating_sub(matching_removed);
-            preview.sample.retain(|row| !removed.contains(*row));
-        }
-        preview.sample.truncate(sample);
-        Ok(preview)
+        Ok((compiled, extra))
     }
 
     /// The customer's attributes, computed traits and segments.
@@ -1660,5 +1747,187 @@ impl Shard {
     pub fn forget_message_ids(&mut self) {
         self.dedup.current.clear();
         self.dedup.previous.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::rule::dsl;
+    use crate::time::DAY;
+    use crate::traits::Aggregate;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    /// What a customer leaves behind, in every kind of state the shard keeps.
+    const TRACES: [&str; 5] = [
+        "ada-7f3e91",
+        "ada.lovelace@analytical.example",
+        "Zyxwvut",
+        "quux-tag-9931",
+        "kaypro-device-5517",
+    ];
+
+    fn shard_with_ada_and_bob() -> (Shard, Vec<Event>) {
+        let mut shard = Shard::new(Default::default());
+        let mut history = Vec::new();
+        let trait_def = |name: &str, event: &str, aggregate, of: &str| ComputedTraitDef {
+            name: name.into(),
+            event: Some(event.into()),
+            aggregate,
+            of: vec![of.into()],
+            filter: None,
+            window: None,
+            value_type: None,
+        };
+        // A string trait (its own dictionary) and a windowed one (deadlines).
+        let first_device = ComputedTraitDef {
+            value_type: Some(AttrType::String),
+            ..trait_def("first_device", "Login", Aggregate::First, "device")
+        };
+        let spend_7d = ComputedTraitDef {
+            window: Some(Duration::from_days(7)),
+            ..trait_def("spend_7d", "Order Completed", Aggregate::Sum, "revenue")
+        };
+        for def in [first_device, spend_7d] {
+            shard.declare_trait(def, &history).unwrap();
+        }
+        shard.declare_field("email", AttrType::String).unwrap();
+        let mut deltas = Vec::new();
+        for (id, rule) in [
+            (1, "total_spend > 10"),
+            (2, r#"performed "Order Completed" within 7d"#),
+            (3, "email exists"),
+            (4, "spend_7d > 0"),
+        ] {
+            let rule = dsl::parse(rule).unwrap();
+            shard
+                .add_segment(SegmentId(id), rule, &history, &mut deltas)
+                .unwrap();
+        }
+        let at = Timestamp(T0);
+        let events = [
+            Event::identify(
+                "i1",
+                TRACES[0],
+                at,
+                json!({"email": TRACES[1], "name": format!("Ada {}", TRACES[2]),
+                       "tags": [TRACES[3], "shared"], "plan": "pro"}),
+            ),
+            Event::track(
+                "o1",
+                TRACES[0],
+                at,
+                "Order Completed",
+                json!({"revenue": 40}),
+            ),
+            Event::track("l1", TRACES[0], at, "Login", json!({"device": TRACES[4]})),
+            Event::identify(
+                "i2",
+                "bob",
+                at,
+                json!({"email": "bob@example.com", "name": "Bob", "tags": ["shared"], "plan": "pro"}),
+            ),
+            Event::track("o2", "bob", at, "Order Completed", json!({"revenue": 25})),
+            Event::track("l2", "bob", at, "Login", json!({"device": "ios"})),
+        ];
+        for event in events {
+            shard.apply(&event, at, &mut deltas).unwrap();
+            history.push(event);
+        }
+        (shard, history)
+    }
+
+    #[test]
+    fn a_purged_customer_leaves_nothing_in_a_snapshot() {
+        let (mut shard, _) = shard_with_ada_and_bob();
+        let before = shard.snapshot().unwrap();
+        for trace in TRACES {
+            assert!(contains(&before, trace), "the test looks for {trace}");
+        }
+        let bob_before = shard.customer("bob").unwrap();
+        let row = shard.customer_row(TRACES[0]).unwrap();
+
+        let mut deltas = Vec::new();
+        assert!(shard.remove_customer(TRACES[0], &mut deltas));
+        assert_eq!(deltas.len(), 4, "ada was in every segment: {deltas:?}");
+        // The runtime names the exits before it purges.
+        assert_eq!(shard.customer_id(row), Some(TRACES[0]));
+        shard.purge_removed(row);
+        assert_eq!(shard.customer_id(row), None);
+        assert!(shard.customer(TRACES[0]).is_none());
+
+        let after = shard.snapshot().unwrap();
+        for trace in TRACES {
+            assert!(!contains(&after, trace), "{trace} is still in the snapshot");
+        }
+        // Everyone else is as they were, in state and in segments.
+        let restored = Shard::restore(&after).unwrap();
+        for shard in [&shard, &restored] {
+            assert_eq!(shard.customer("bob").unwrap(), bob_before);
+            assert_eq!(shard.customer_count(), 1);
+            for id in shard.segment_ids() {
+                let bob = shard.customer_row("bob").unwrap();
+                assert_eq!(
+                    shard.members(id).unwrap().iter().collect::<Vec<_>>(),
+                    [bob],
+                    "{id:?}"
+                );
+                assert_eq!(shard.members(id).cloned(), shard.evaluate_from_scratch(id));
+            }
+            assert_eq!(
+                shard.string_values("email"),
+                [("bob@example.com".to_string(), "bob".to_string())]
+            );
+        }
+
+        // Time passes over the purged customer's old deadlines quietly.
+        deltas.clear();
+        shard.advance_time(Timestamp(T0 + 8 * DAY), &mut deltas);
+        assert!(deltas.iter().all(|d| d.customer != row), "{deltas:?}");
+        shard.purge_removed(row);
+
+        // The same id later starts from nothing.
+        let later = Timestamp(T0 + 9 * DAY);
+        let order = Event::track(
+            "o9",
+            TRACES[0],
+            later,
+            "Order Completed",
+            json!({"revenue": 5}),
+        );
+        let applied = shard.apply(&order, later, &mut deltas).unwrap();
+        assert_ne!(applied.customer, row);
+        let view = shard.customer(TRACES[0]).unwrap();
+        assert!(view.attributes.is_empty(), "{:?}", view.attributes);
+        let computed = |name: &str| {
+            view.computed
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(computed("total_spend"), Some(AttrValue::Number(5.0)));
+        assert_eq!(computed("order_count"), Some(AttrValue::Number(1.0)));
+        assert_eq!(computed("first_device"), None);
+    }
+
+    #[test]
+    fn purging_a_customer_that_is_not_removed_does_nothing() {
+        let (mut shard, _) = shard_with_ada_and_bob();
+        let row = shard.customer_row(TRACES[0]).unwrap();
+        let before = shard.snapshot().unwrap();
+        shard.purge_removed(row);
+        shard.purge_removed(0);
+        shard.purge_removed(999);
+        assert_eq!(shard.snapshot().unwrap(), before);
+        assert_eq!(shard.customer_id(row), Some(TRACES[0]));
     }
 }

@@ -85,6 +85,18 @@ impl Dictionary {
             .map(|(i, s)| (i as u32, &**s))
     }
 
+    /// Forgets the string of `code`; the last string takes its code. The
+    /// caller rewrites the rows that held the last code (see
+    /// [`Column::purge_row`]): this is the one exception to stable codes, for
+    /// strings no row holds any more.
+    fn swap_remove(&mut self, code: u32) {
+        let removed = self.strings.swap_remove(code as usize);
+        self.codes.remove(&removed);
+        if let Some(moved) = self.strings.get(code as usize) {
+            self.codes.insert(moved.clone(), code);
+        }
+    }
+
     fn heap_bytes(&self) -> usize {
         self.strings.iter().map(|s| 2 * s.len() + 16).sum::<usize>()
             + self.codes.capacity() * 24
@@ -586,6 +598,43 @@ impl CodeColumn {
         };
     }
 
+    /// Whether some row other than `except` holds `code`.
+    fn holds_elsewhere(&self, code: u32, except: usize) -> bool {
+        fn scan<T: CodeInt>(codes: &[T], code: u32, except: usize) -> bool {
+            let Some(code) = T::from_code(code) else {
+                return false;
+            };
+            codes
+                .iter()
+                .enumerate()
+                .any(|(row, c)| *c == code && row != except)
+        }
+        match &self.storage {
+            CodeStorage::U8(v) => scan(v, code, except),
+            CodeStorage::U16(v) => scan(v, code, except),
+            CodeStorage::U32(v) => scan(v, code, except),
+        }
+    }
+
+    /// Rewrites every `from` to `to`, a code no wider than `from`.
+    fn replace(&mut self, from: u32, to: u32) {
+        fn rewrite<T: CodeInt>(codes: &mut [T], from: u32, to: u32) {
+            let (Some(from), Some(to)) = (T::from_code(from), T::from_code(to)) else {
+                return;
+            };
+            codes
+                .iter_mut()
+                .filter(|c| **c == from)
+                .for_each(|c| *c = to);
+        }
+        debug_assert!(to <= from);
+        match &mut self.storage {
+            CodeStorage::U8(v) => rewrite(v, from, to),
+            CodeStorage::U16(v) => rewrite(v, from, to),
+            CodeStorage::U32(v) => rewrite(v, from, to),
+        }
+    }
+
     /// The stored codes, for scans.
     pub fn values(&self) -> CodeValues<'_> {
         match &self.storage {
@@ -771,6 +820,63 @@ impl Column {
         }
     }
 
+    /// Clears row `row` and forgets every string only that row held, so that
+    /// nothing of the value is left (a customer's right to be forgotten): a
+    /// merely cleared row would leave its strings in the dictionary, and in
+    /// every snapshot.
+    ///
+    /// Costs a pass over the column per string that goes: the string moves
+    /// out, the dictionary's last string takes its code, and the rows holding
+    /// that last code are rewritten.
+    pub fn purge_row(&mut self, row: u32) {
+        let r = row as usize;
+        match self {
+            Column::String { codes, dict } => {
+                let code = codes.get(r);
+                codes.set(r, MISSING_CODE);
+                if code == MISSING_CODE || codes.holds_elsewhere(code, r) {
+                    return;
+                }
+                let last = dict.len() as u32 - 1;
+                dict.swap_remove(code);
+                if code != last {
+                    codes.replace(last, code);
+                }
+            }
+            Column::ListOfStrings { lists, dict } => {
+                let Some(held) = lists[r].take() else {
+                    return;
+                };
+                let mut orphans = held.into_vec();
+                orphans.sort_unstable();
+                orphans.dedup();
+                let mut used = vec![false; orphans.len()];
+                for codes in lists.iter().flatten() {
+                    for code in codes.iter() {
+                        if let Ok(i) = orphans.binary_search(code) {
+                            used[i] = true;
+                        }
+                    }
+                }
+                // Highest first, so that the last string, which moves into a
+                // freed code, is never one still to be removed.
+                for (code, _) in orphans.into_iter().zip(used).rev().filter(|(_, u)| !u) {
+                    let last = dict.len() as u32 - 1;
+                    dict.swap_remove(code);
+                    if code != last {
+                        lists
+                            .iter_mut()
+                            .flatten()
+                            .flat_map(|codes| codes.iter_mut())
+                            .filter(|c| **c == last)
+                            .for_each(|c| *c = code);
+                    }
+                }
+            }
+            column => column.set(row, None),
+        }
+    }
+
     pub fn heap_bytes(&self) -> usize {
         match self {
             Column::Number(v) => v.heap_bytes(),
@@ -809,6 +915,13 @@ impl AttributeColumn {
     pub fn resize(&mut self, rows: usize) {
         self.column.resize(rows, None);
         self.written_at.resize(rows, MISSING_TIME);
+    }
+
+    /// Clears row `row` and its write time, leaving nothing of the value (see
+    /// [`Column::purge_row`]).
+    pub fn purge_row(&mut self, row: u32) {
+        self.column.purge_row(row);
+        self.written_at[row as usize] = MISSING_TIME;
     }
 
     /// Applies a write made at `at`; returns whether the stored value changed.
@@ -1146,5 +1259,112 @@ mod tests {
             assert_eq!(column.get(row), want, "row {row}");
         }
         assert_eq!(column.get(600), None);
+    }
+
+    fn dictionary_of(column: &Column) -> &Dictionary {
+        match column {
+            Column::String { dict, .. } | Column::ListOfStrings { dict, .. } => dict,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The strings a purged row held leave the dictionary unless another row
+    /// still holds them, and every other row reads what it read before, across
+    /// the code moves (also past the u8 width, and in list columns).
+    fn check_purges(ty: AttrType, values: Vec<Option<Vec<u16>>>, purges: Vec<usize>) {
+        let value_of = |items: &Vec<u16>| match ty {
+            AttrType::String => AttrValue::String(format!("s{}", items[0])),
+            _ => AttrValue::ListOfStrings(items.iter().map(|i| format!("s{i}")).collect()),
+        };
+        let mut column = Column::new(ty);
+        column.resize(values.len(), None);
+        let mut expected: Vec<Option<AttrValue>> = Vec::new();
+        for (row, items) in values.iter().enumerate() {
+            let value = items.as_ref().map(value_of);
+            column.set(row as u32, value.as_ref());
+            expected.push(value);
+        }
+        for purge in purges {
+            let row = purge % values.len();
+            column.purge_row(row as u32);
+            expected[row] = None;
+            for (r, want) in expected.iter().enumerate() {
+                assert_eq!(&column.get(r as u32), want, "row {r} after purging {row}");
+            }
+            let mut held: Vec<String> = expected
+                .iter()
+                .flatten()
+                .flat_map(|v| match v {
+                    AttrValue::String(s) => vec![s.clone()],
+                    AttrValue::ListOfStrings(items) => items.clone(),
+                    _ => unreachable!(),
+                })
+                .collect();
+            held.sort();
+            held.dedup();
+            let dict = dictionary_of(&column);
+            let mut known: Vec<String> = dict.iter().map(|(_, s)| s.to_string()).collect();
+            known.sort();
+            // Each row was written once, so the dictionary holds exactly the
+            // strings some row still holds.
+            assert_eq!(known, held);
+            for (code, s) in dict.iter() {
+                assert_eq!(dict.code(s), Some(code), "{s}");
+            }
+        }
+        let dict = dictionary_of(&column);
+        let rows_left = expected.iter().flatten().count();
+        if rows_left == 0 {
+            assert!(dict.is_empty(), "{:?}", dict.iter().collect::<Vec<_>>());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn purged_rows_leave_no_string_behind(
+            values in prop::collection::vec(prop::option::of(prop::collection::vec(0u16..400, 1..2)), 1..700),
+            purges in prop::collection::vec(any::<usize>(), 0..40),
+        ) {
+            check_purges(AttrType::String, values, purges);
+        }
+
+        #[test]
+        fn purged_lists_leave_no_string_behind(
+            values in prop::collection::vec(prop::option::of(prop::collection::vec(0u16..60, 0..4)), 1..80),
+            purges in prop::collection::vec(any::<usize>(), 0..40),
+        ) {
+            check_purges(AttrType::ListOfStrings, values, purges);
+        }
+    }
+
+    #[test]
+    fn purging_every_row_empties_the_dictionary() {
+        for ty in [AttrType::String, AttrType::ListOfStrings] {
+            let values: Vec<Option<Vec<u16>>> =
+                (0..600u16).map(|i| Some(vec![i % 300, i % 7])).collect();
+            check_purges(ty, values, (0..600).rev().collect());
+        }
+    }
+
+    #[test]
+    fn purging_a_unique_string_removes_it_and_keeps_shared_ones() {
+        let mut column = Column::new(AttrType::String);
+        column.resize(4, None);
+        for (row, s) in ["ada@example.com", "Pune", "Pune", "zed@example.com"]
+            .iter()
+            .enumerate()
+        {
+            column.set(row as u32, Some(&AttrValue::String(s.to_string())));
+        }
+        column.purge_row(0);
+        column.purge_row(1);
+        let dict = dictionary_of(&column);
+        assert_eq!(dict.code("ada@example.com"), None);
+        assert!(dict.code("Pune").is_some(), "row 2 still holds it");
+        assert_eq!(
+            column.get(3),
+            Some(AttrValue::String("zed@example.com".into()))
+        );
+        assert_eq!(dict.len(), 2);
     }
 }

@@ -402,6 +402,34 @@ impl ComputedTrait {
         }
     }
 
+    /// Returns row `row` to the state of a customer with no events, leaving
+    /// nothing of what it held (see [`Column::purge_row`]).
+    pub(crate) fn purge_row(&mut self, row: u32) {
+        let r = row as usize;
+        self.values.purge_row(row);
+        if self.default.is_some() {
+            self.values.set(row, self.default.as_ref());
+        }
+        match &mut self.state {
+            TraitState::InColumn => {}
+            TraitState::Sum { sums } => sums[r] = ExactSum::default(),
+            TraitState::Avg { sums, count } => {
+                sums[r] = ExactSum::default();
+                count[r] = 0;
+            }
+            TraitState::Chosen { at } => at[r] = i64::MIN,
+            TraitState::Distinct { sets } => {
+                sets.remove(&row);
+            }
+            TraitState::Windowed { buckets, .. } => {
+                buckets.remove(&row);
+            }
+            TraitState::WindowedDistinct { seen, .. } => {
+                seen.remove(&row);
+            }
+        }
+    }
+
     /// Folds one event in if it concerns this trait. `Ok(None)` when it does not
     /// (another event name, the `where` filter fails, the property is absent);
     /// `Ok(Some((changed, next)))` as [`Self::apply`]; `Err` for a property
@@ -733,6 +761,72 @@ mod tests {
         let (_, next) = t.refresh(0, day(10));
         assert_eq!(next, Timestamp::NEVER);
         assert_eq!(t.values.get(0), Some(AttrValue::Number(0.0)));
+    }
+
+    #[test]
+    fn purged_rows_return_to_the_empty_customer() {
+        let def = |aggregate, of: &[&str], window: Option<i64>, value_type| ComputedTraitDef {
+            name: "t".into(),
+            event: Some("Order Completed".into()),
+            aggregate,
+            of: of.iter().map(|s| s.to_string()).collect(),
+            filter: None,
+            window: window.map(Duration::from_days),
+            value_type,
+        };
+        let now = Timestamp(2 * DAY);
+        let props = serde_json::json!({"revenue": 12.5, "coupon": "SPRING"});
+        for (def, empty) in [
+            (
+                def(Aggregate::Sum, &["revenue"], None, None),
+                Some(AttrValue::Number(0.0)),
+            ),
+            (def(Aggregate::Avg, &["revenue"], None, None), None),
+            (
+                def(Aggregate::Count, &[], Some(7), None),
+                Some(AttrValue::Number(0.0)),
+            ),
+            (
+                def(Aggregate::DistinctCount, &["coupon"], None, None),
+                Some(AttrValue::Number(0.0)),
+            ),
+            (
+                def(Aggregate::DistinctCount, &["coupon"], Some(7), None),
+                Some(AttrValue::Number(0.0)),
+            ),
+            (
+                def(Aggregate::Last, &["coupon"], None, Some(AttrType::String)),
+                None,
+            ),
+            (def(Aggregate::Max, &["revenue"], None, None), None),
+        ] {
+            let name = format!("{:?} {:?}", def.aggregate, def.window);
+            let mut t = ComputedTrait::new(def, 3).unwrap();
+            for row in [1, 2] {
+                t.fold(
+                    row,
+                    Timestamp(DAY),
+                    Some("Order Completed"),
+                    props.as_object(),
+                    now,
+                )
+                .unwrap();
+            }
+            let other = t.values.get(2);
+            t.purge_row(1);
+            assert_eq!(t.values.get(1), empty, "{name}");
+            assert_eq!(t.values.get(2), other, "{name}");
+            // Folding again starts from nothing.
+            t.fold(
+                1,
+                Timestamp(DAY),
+                Some("Order Completed"),
+                props.as_object(),
+                now,
+            )
+            .unwrap();
+            assert_eq!(t.values.get(1), other, "{name}");
+        }
     }
 
     #[test]

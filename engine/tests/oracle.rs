@@ -8,7 +8,12 @@
 //!    interprets the rule AST directly), at the shard's `now`;
 //! 2. it equals the engine's own full re-evaluation;
 //! 3. replaying every delta emitted so far reproduces it, and no delta is
-//!    redundant (no `Entered` for a member, no `Exited` for a non-member).
+//!    redundant (no `Entered` for a member, no `Exited` for a non-member);
+//! 4. a preview, and a customer listing filtered by the rule, find exactly
+//!    the members.
+//!
+//! Removed customers are also purged, so the other customers' state must
+//! survive the dictionary compaction a purge does.
 //!
 //! Run with `cargo test oracle`.
 
@@ -19,7 +24,7 @@ use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value as Json, json};
 use xeno_engine::model::{AttrType, Event};
 use xeno_engine::rule::{CompareOp, Condition, Performed, Quantifier, Rule, Scalar, Test, TextOp};
-use xeno_engine::shard::{Cause, Delta, SegmentId, Shard, ShardConfig, Transition};
+use xeno_engine::shard::{Cause, CustomerQuery, Delta, SegmentId, Shard, ShardConfig, Transition};
 use xeno_engine::time::{DAY, Duration, HOUR, MINUTE, Timestamp};
 use xeno_engine::traits::{Aggregate, ComputedTraitDef, bucket_size};
 
@@ -814,7 +819,8 @@ enum Step {
     RemoveSegment(usize),
     /// Snapshot the shard and continue from a restored copy, as after a restart.
     Restart,
-    /// Remove a customer (as when its profile is merged into another).
+    /// Remove a customer (as when its profile is merged into another), then
+    /// purge what is left of it (as a request to be forgotten does).
     RemoveCustomer(usize),
 }
 
@@ -1065,14 +1071,20 @@ impl Harness {
             }
             Step::RemoveCustomer(customer) => {
                 let id = format!("c{customer}");
-                let existed = self.shard.customer_row(&id).is_some();
-                assert_eq!(self.shard.remove_customer(&id, &mut deltas), existed);
+                let row = self.shard.customer_row(&id);
+                assert_eq!(self.shard.remove_customer(&id, &mut deltas), row.is_some());
                 assert!(self.shard.customer_row(&id).is_none());
                 assert!(
                     deltas
                         .iter()
                         .all(|d| d.transition == Transition::Exited && d.cause == Cause::Removed)
                 );
+                // As the runtime does: name the exits, then erase the customer.
+                if let Some(row) = row {
+                    assert_eq!(self.shard.customer_id(row), Some(id.as_str()));
+                    self.shard.purge_removed(row);
+                    assert_eq!(self.shard.customer_id(row), None);
+                }
                 // The reference model forgets the customer's events; so does
                 // the history later segments are filled from.
                 self.applied
@@ -1145,6 +1157,19 @@ impl Harness {
                 actual.iter().copied().collect::<Vec<_>>(),
                 "preview rows"
             );
+            let query = CustomerQuery {
+                filter: Some(rule),
+                limit: usize::MAX,
+                ..CustomerQuery::default()
+            };
+            let listed: BTreeSet<u32> = self
+                .shard
+                .query_customers(&query, &self.applied)
+                .unwrap()
+                .iter()
+                .map(|c| c.row)
+                .collect();
+            assert_eq!(listed, actual, "customers listed with the rule as filter");
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct EventLog {
     partitions: u32,
     queue: Mutex<Option<mpsc::Sender<Request>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// Retention and overwrites, one at a time.
+    maintenance: Mutex<()>,
     stats: Arc<LogStats>,
 }
 
@@ -170,6 +172,7 @@ impl EventLog {
             partitions,
             queue: Mutex::new(Some(sender)),
             committer: Mutex::new(Some(committer)),
+            maintenance: Mutex::new(()),
             stats,
         })
     }
@@ -266,6 +269,7 @@ impl EventLog {
     /// Returns how many were deleted.
     pub fn truncate_before(&self, partition: u32, before: u64) -> Result<u64, LogError> {
         self.check(partition)?;
+        let _maintenance = self.maintenance.lock().map_err(|_| LogError::Closed)?;
         // The partition's last chunk always stays: the next offset after a
         // restart is read from it.
         let last = match self
@@ -299,6 +303,51 @@ impl EventLog {
         }
         batch.commit().map_err(storage)?;
         Ok(deleted)
+    }
+
+    /// Replaces the records at the given offsets with new bytes, durably;
+    /// offsets that are not in the log (truncated, or never written) are
+    /// ignored. Each chunk holding one of them is decoded, patched and written
+    /// back under its key, so offsets and chunk boundaries stay as they are.
+    /// Serialised with retention, so a chunk being deleted is not written back.
+    pub fn overwrite(&self, partition: u32, records: Vec<(u64, Vec<u8>)>) -> Result<(), LogError> {
+        self.check(partition)?;
+        let _maintenance = self.maintenance.lock().map_err(|_| LogError::Closed)?;
+        let mut by_chunk: std::collections::BTreeMap<u64, (Vec<u8>, Vec<(u64, Vec<u8>)>)> =
+            std::collections::BTreeMap::new();
+        for (offset, bytes) in records {
+            let Some(guard) = self
+                .keyspace
+                .range(key(partition, 0)..=key(partition, offset))
+                .next_back()
+            else {
+                continue;
+            };
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            let first = offset_of(&k).ok_or_else(malformed)?;
+            if offset >= first + chunk_count(&v)? {
+                continue;
+            }
+            by_chunk
+                .entry(first)
+                .or_insert_with(|| (v.to_vec(), Vec::new()))
+                .1
+                .push((offset - first, bytes));
+        }
+        if by_chunk.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for (first, (chunk, patches)) in by_chunk {
+            let mut records: Vec<Vec<u8>> =
+                decode_chunk(&chunk)?.into_iter().map(<[u8]>::to_vec).collect();
+            for (index, bytes) in patches {
+                records[index as usize] = bytes;
+            }
+            batch.insert(&self.keyspace, key(partition, first), encode_chunk(&records));
+        }
+        batch.commit().map_err(storage)?;
+        self.db.persist(PersistMode::SyncAll).map_err(storage)
     }
 
     /// Stops the committer after the appends already queued.
@@ -427,5 +476,13 @@ impl xeno_engine::ports::EventLogPort for EventLog {
         before: u64,
     ) -> Result<u64, xeno_engine::ports::PortError> {
         EventLog::truncate_before(self, partition, before).map_err(port_error)
+    }
+
+    fn overwrite(
+        &self,
+        partition: u32,
+        records: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), xeno_engine::ports::PortError> {
+        EventLog::overwrite(self, partition, records).map_err(port_error)
     }
 }
