@@ -13,6 +13,10 @@
 //! t/{org}/dl/{endpoint}/{id}  -> DeliveryRecord     (the webhook outbox and its history)
 //! t/{org}/field/{name}        -> AttrType           (types segments rely on, declared on every shard)
 //! t/{org}/alias/{id}          -> the customer id `id` was merged into
+//! t/{org}/fdesc/{name}        -> a field's description
+//! t/{org}/sup/{id}            -> Suppression        (an erased customer id; ingest refused until then)
+//! t/{org}/imp/{job}           -> ImportRecord       (CSV import jobs)
+//! t/{org}/audit/{uuidv7}      -> AuditEntry         (the activity feed)
 //! t/{org}/epoch               -> endpoint epoch     (see OrgState::endpoint_epoch)
 //! t/{org}/last/{epoch}/{segment}/{customer} -> last transition (written by the shards)
 //! t/{org}/shard/{partition}   -> offset ++ engine snapshot (written by the shards)
@@ -68,6 +72,15 @@ pub struct SegmentRecord {
     pub version: u64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A customer id erased by a right-to-be-forgotten request: events for it
+/// are refused until `until` (ms), and events logged before `until` are never
+/// applied again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    pub erased_at: i64,
+    pub until: i64,
 }
 
 /// The membership transitions an endpoint can subscribe to.
@@ -144,6 +157,18 @@ pub fn field_key(org: Uuid, name: &str) -> Vec<u8> {
 pub fn alias_key(org: Uuid, from: &str) -> Vec<u8> {
     format!("t/{org}/alias/{from}").into_bytes()
 }
+pub fn field_description_key(org: Uuid, name: &str) -> Vec<u8> {
+    format!("t/{org}/fdesc/{name}").into_bytes()
+}
+pub fn suppression_key(org: Uuid, id: &str) -> Vec<u8> {
+    format!("t/{org}/sup/{id}").into_bytes()
+}
+pub fn import_key(org: Uuid, job: Uuid) -> Vec<u8> {
+    format!("t/{org}/imp/{job}").into_bytes()
+}
+pub fn audit_prefix(org: Uuid) -> Vec<u8> {
+    format!("t/{org}/audit/").into_bytes()
+}
 pub fn epoch_key(org: Uuid) -> Vec<u8> {
     format!("t/{org}/epoch").into_bytes()
 }
@@ -164,6 +189,10 @@ pub struct OrgState {
     /// Merged profiles: customer id -> the id it was merged into (always a
     /// root: the target is not itself merged).
     pub aliases: HashMap<String, String>,
+    /// Descriptions of fields, by name.
+    pub descriptions: HashMap<String, String>,
+    /// Erased customer ids (see [`Suppression`]).
+    pub suppressed: HashMap<String, Suppression>,
     /// Bumped whenever the organization gets its first webhook endpoint:
     /// last-transition markers are kept per epoch, so markers left from a
     /// time the organization had endpoints are never read again after a time
@@ -240,6 +269,8 @@ impl Catalog {
                     webhooks: HashMap::new(),
                     fields: HashMap::new(),
                     aliases: HashMap::new(),
+                    descriptions: HashMap::new(),
+                    suppressed: HashMap::new(),
                     endpoint_epoch: 0,
                 },
             );
@@ -276,6 +307,20 @@ impl Catalog {
                 let into: String = decode(k, v)?;
                 let from = String::from_utf8_lossy(&k[alias_prefix.len()..]).into_owned();
                 org.aliases.insert(from, into);
+                Ok(())
+            })?;
+            let description_prefix = format!("t/{id}/fdesc/");
+            scan_all(store, description_prefix.as_bytes(), &mut |k, v| {
+                let text: String = decode(k, v)?;
+                let name = String::from_utf8_lossy(&k[description_prefix.len()..]).into_owned();
+                org.descriptions.insert(name, text);
+                Ok(())
+            })?;
+            let suppression_prefix = format!("t/{id}/sup/");
+            scan_all(store, suppression_prefix.as_bytes(), &mut |k, v| {
+                let record: Suppression = decode(k, v)?;
+                let customer = String::from_utf8_lossy(&k[suppression_prefix.len()..]).into_owned();
+                org.suppressed.insert(customer, record);
                 Ok(())
             })?;
             // Chains (a merged into b, b later into c) resolve to their root;
@@ -364,6 +409,8 @@ impl Catalog {
                 webhooks: HashMap::new(),
                 fields: HashMap::new(),
                 aliases: HashMap::new(),
+                descriptions: HashMap::new(),
+                suppressed: HashMap::new(),
                 endpoint_epoch: 0,
             });
         })
@@ -412,6 +459,59 @@ impl Catalog {
                         .collect()
                 })
                 .unwrap_or_default()
+        })
+    }
+
+    /// Whether `org` has erased customers (a fast path for the hot loops).
+    pub fn has_suppressions(&self, org: Uuid) -> bool {
+        self.read(|s| s.orgs.get(&org).is_some_and(|o| !o.suppressed.is_empty()))
+    }
+
+    /// The suppression of an erased customer id, if any (expired ones too:
+    /// events logged before `until` stay unapplied).
+    pub fn suppression(&self, org: Uuid, customer: &str) -> Option<Suppression> {
+        self.read(|s| s.orgs.get(&org)?.suppressed.get(customer).copied())
+    }
+
+    pub fn put_suppressions(&self, org: Uuid, ids: &[String], record: Suppression) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                for id in ids {
+                    o.suppressed.insert(id.clone(), record);
+                }
+            }
+        })
+    }
+
+    pub fn remove_suppressions(&self, org: Uuid, ids: &[String]) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                for id in ids {
+                    o.suppressed.remove(id);
+                }
+            }
+        })
+    }
+
+    /// Forgets the links of the given merged ids.
+    pub fn remove_aliases(&self, org: Uuid, ids: &[String]) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                for id in ids {
+                    o.aliases.remove(id);
+                }
+            }
+        })
+    }
+
+    pub fn put_description(&self, org: Uuid, name: &str, text: Option<String>) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&org) {
+                match text {
+                    Some(t) => o.descriptions.insert(name.to_string(), t),
+                    None => o.descriptions.remove(name),
+                };
+            }
         })
     }
 

@@ -26,6 +26,21 @@ pub fn now() -> Timestamp {
     Timestamp(ms)
 }
 
+/// The wall clock, strictly increasing across calls in this process: two
+/// writes of one customer through the API in the same millisecond still
+/// apply in order (attributes are last-writer-wins by event time, and a tie
+/// would be broken by value, not by order).
+pub fn write_time() -> Timestamp {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    let wall = now().0;
+    let previous = LAST
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some(wall.max(last.saturating_add(1)))
+        })
+        .unwrap_or(wall);
+    Timestamp(wall.max(previous.saturating_add(1)))
+}
+
 pub fn wall_clock() -> NowFn {
     std::sync::Arc::new(now)
 }

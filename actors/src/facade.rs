@@ -36,6 +36,9 @@ use crate::shard::{
     Preview, PutSegment, RemoveSegment, ShardActor, ShardSettings, SnapshotNow,
 };
 
+mod customers;
+pub use customers::*;
+
 /// The ports the runtime runs on.
 #[derive(Clone)]
 pub struct Ports {
@@ -62,6 +65,8 @@ pub struct RuntimeSettings {
     /// answers "busy".
     pub max_inflight_per_partition: i64,
     pub bootstrap: Option<Bootstrap>,
+    /// Where CSV uploads are spooled and error reports kept.
+    pub import_dir: std::path::PathBuf,
 }
 
 /// What went wrong, and whose fault it is.
@@ -74,6 +79,10 @@ pub enum RuntimeError {
     /// request body.
     #[error("{pointer}: {reason}")]
     Invalid { pointer: String, reason: String },
+    /// The request conflicts with the state of what it names (409): an
+    /// erased customer id, a type change that existing data cannot satisfy.
+    #[error("{0}")]
+    Conflict(String),
     /// Saturated: try again after a while (503).
     #[error("the server is busy; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },
@@ -230,6 +239,16 @@ pub struct WebhookChange {
     pub enabled: Option<bool>,
 }
 
+/// What [`Runtime::ingest`] did with a request's events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Events logged durably.
+    pub accepted: usize,
+    /// Positions (in the request) of events not logged because they name an
+    /// erased customer whose suppression period has not ended.
+    pub suppressed: Vec<usize>,
+}
+
 /// Who a bearer key belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
@@ -260,6 +279,10 @@ struct Inner {
     /// New profile links are decided one request at a time.
     alias_lock: tokio::sync::Mutex<()>,
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
+    imports: crate::import::ImportRegistry,
+    /// The tokio runtime the facade's futures run on, for threads of our own
+    /// (imports) that call it.
+    tokio: tokio::runtime::Handle,
 }
 
 /// The running runtime. Cheap to clone.
@@ -349,8 +372,11 @@ impl Runtime {
                 segment_lock: Arc::new(tokio::sync::Mutex::new(())),
                 alias_lock: tokio::sync::Mutex::new(()),
                 arbiters: std::sync::Mutex::new(arbiters),
+                imports: crate::import::ImportRegistry::default(),
+                tokio: tokio::runtime::Handle::current(),
             }),
         };
+        runtime.fail_interrupted_imports()?;
         runtime.start_janitor();
         for org in runtime.inner.catalog.org_ids() {
             let endpoints: Vec<Uuid> = runtime
@@ -363,6 +389,24 @@ impl Runtime {
             }
         }
         Ok((runtime, generated))
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn StatePort> {
+        &self.inner.ports.store
+    }
+
+    pub(crate) fn import_registry(&self) -> &crate::import::ImportRegistry {
+        &self.inner.imports
+    }
+
+    /// Where CSV uploads are spooled (one folder per job, see
+    /// [`crate::import::job_dir`]).
+    pub fn import_dir(&self) -> &std::path::Path {
+        &self.inner.settings.import_dir
+    }
+
+    pub(crate) fn tokio(&self) -> &tokio::runtime::Handle {
+        &self.inner.tokio
     }
 
     /// A thread that prunes old delivery history every hour.
@@ -515,14 +559,38 @@ impl Runtime {
 
     /// Logs `events` of `org` durably and hands them to their shards. Returns
     /// once every event is fsynced; application follows within milliseconds.
+    /// Events of an erased customer id are not logged while its suppression
+    /// lasts; the outcome lists their positions.
     pub async fn ingest(
         &self,
         org: Uuid,
         events: Vec<Event>,
         received_at: Timestamp,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<IngestOutcome, RuntimeError> {
+        self.log_events(org, events, received_at, false).await
+    }
+
+    /// [`Self::ingest`], returning only once the shards have applied the
+    /// events when `wait_applied` (the customers API reads its own writes).
+    pub(crate) async fn log_events(
+        &self,
+        org: Uuid,
+        events: Vec<Event>,
+        received_at: Timestamp,
+        wait_applied: bool,
+    ) -> Result<IngestOutcome, RuntimeError> {
         let partitions = self.inner.shards.len() as u32;
-        let mut events = events;
+        let (mut events, suppressed) = self.drop_suppressed(org, events, received_at);
+        if !suppressed.is_empty() {
+            metrics::counter!("xeno_ingest_suppressed_total").increment(suppressed.len() as u64);
+        }
+        if events.is_empty() {
+            return Ok(IngestOutcome {
+                accepted: 0,
+                suppressed,
+            });
+        }
+        let accepted = events.len();
         let (merges, origins) = self.resolve_identities(org, &mut events).await?;
         // The merges read what the shards have applied; this request's own
         // events are re-keyed already and need not wait.
@@ -584,8 +652,9 @@ impl Runtime {
                         return Err(e);
                     }
                 };
-                // Durable: acknowledge without waiting for the shard.
-                tokio::spawn(async move {
+                // Durable: acknowledge without waiting for the shard (unless
+                // the caller reads its own write next).
+                let hand_off = tokio::spawn(async move {
                     let message = Append {
                         first: range.start,
                         records,
@@ -598,6 +667,9 @@ impl Runtime {
                         );
                     }
                 });
+                if wait_applied {
+                    let _ = hand_off.await;
+                }
                 Ok(n as u64)
             }));
         }
@@ -613,8 +685,45 @@ impl Runtime {
         metrics::counter!("xeno_ingest_events_total").increment(count);
         match failure {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(IngestOutcome {
+                accepted,
+                suppressed,
+            }),
         }
+    }
+
+    /// Splits off the events that name an erased customer id whose
+    /// suppression lasts beyond `received_at`; returns the rest and the
+    /// positions of those dropped.
+    fn drop_suppressed(
+        &self,
+        org: Uuid,
+        events: Vec<Event>,
+        received_at: Timestamp,
+    ) -> (Vec<Event>, Vec<usize>) {
+        let catalog = &self.inner.catalog;
+        if !catalog.has_suppressions(org) {
+            return (events, Vec::new());
+        }
+        let blocked = |id: &Option<String>| {
+            id.as_deref()
+                .and_then(|id| catalog.suppression(org, id))
+                .is_some_and(|s| s.until > received_at.0)
+        };
+        let mut kept = Vec::with_capacity(events.len());
+        let mut dropped = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            let previous = match &event.kind {
+                EventKind::Alias { previous_id } => Some(previous_id.clone()),
+                _ => None,
+            };
+            if blocked(&event.user_id) || blocked(&event.anonymous_id) || blocked(&previous) {
+                dropped.push(i);
+            } else {
+                kept.push(event);
+            }
+        }
+        (kept, dropped)
     }
 
     /// Links profiles: an `alias` (previousId -> userId), or any event with

@@ -13,9 +13,11 @@
 //! functions. Actors hold port trait objects ([`Ports`]), never a concrete
 //! connector.
 
+pub mod audit;
 pub mod catalog;
 pub mod clock;
 pub mod dispatch;
+pub mod import;
 pub mod record;
 pub mod registry;
 pub mod segment;

@@ -62,6 +62,10 @@ impl LogRecord {
     }
 }
 
+/// What an erased event's record is overwritten with (see
+/// [`xeno_engine::ports::EventLogPort::overwrite`]): readers skip it.
+pub const ERASED: &[u8] = b"erased";
+
 /// The partition of a customer of `org` among `partitions`.
 pub fn partition_of(org: Uuid, customer: &str, partitions: u32) -> u32 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
@@ -92,6 +96,9 @@ pub fn read_range(
         for (offset, bytes) in chunk {
             if offset >= until {
                 return Ok(());
+            }
+            if bytes == ERASED {
+                continue;
             }
             match LogRecord::decode(&bytes) {
                 Ok(record) => visit(offset, record),

@@ -41,6 +41,9 @@ use crate::dispatch::{DeliveryRecord, DeliveryStatus};
 use crate::record::{LogRecord, TenantHistory, partition_of, read_range};
 use crate::registry::Registry;
 
+mod people;
+pub use people::*;
+
 /// Settings of a shard actor.
 #[derive(Debug, Clone, Copy)]
 pub struct ShardSettings {
@@ -229,6 +232,9 @@ pub struct ShardActor {
     last_snapshot: Instant,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
+    /// State changed without a log record (an erasure, a field type
+    /// change): the next snapshot is due even at the same offset.
+    state_changed: bool,
     /// When the last `Append` arrived.
     last_append: Instant,
     /// Recovery failed: the actor serves nothing and writes nothing, so a
@@ -274,6 +280,7 @@ impl ShardActor {
             last_snapshot: Instant::now(),
             events_since_snapshot: 0,
             snapshot_in_flight: false,
+            state_changed: false,
             last_append: Instant::now(),
             failed: false,
             tick_queued: Arc::new(AtomicBool::new(false)),
@@ -335,6 +342,9 @@ impl ShardActor {
                 Err(_) => self.recover_tenant_after_panic(org, self.applied),
             }
         }
+        // Field type changes and erasures newer than the snapshot.
+        self.reconcile_field_types();
+        self.erase_suppressed();
         // Merges recorded but not carried out before the stop.
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
             self.finish_merges(org);
@@ -509,6 +519,21 @@ impl ShardActor {
         {
             // The customer was merged into `into`: the event belongs there.
             self.forwards.push(record.rekeyed(&into));
+            self.applied = offset + 1;
+            return;
+        }
+        if let Some(key) = record
+            .event
+            .customer_key()
+            .filter(|_| self.catalog.has_suppressions(record.org))
+            && self
+                .catalog
+                .suppression(record.org, key)
+                .is_some_and(|s| record.received_at.0 < s.until)
+        {
+            // The customer was erased; this event was logged before (or in a
+            // race with) the erasure and is never applied.
+            metrics::counter!("xeno_events_suppressed_total").increment(1);
             self.applied = offset + 1;
             return;
         }
@@ -1007,8 +1032,12 @@ impl ShardActor {
     /// so the partition keeps applying events meanwhile.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let due = self.last_snapshot.elapsed() >= self.settings.snapshot_every
-            || self.events_since_snapshot >= self.settings.snapshot_after_events;
-        if !due || self.snapshot_in_flight || self.applied <= self.snapshot_at {
+            || self.events_since_snapshot >= self.settings.snapshot_after_events
+            || self.state_changed;
+        if !due
+            || self.snapshot_in_flight
+            || (self.applied <= self.snapshot_at && !self.state_changed)
+        {
             return;
         }
         if !self.outbox_is_committed() {
@@ -1019,6 +1048,8 @@ impl ShardActor {
             return;
         }
         let started = Instant::now();
+        // A change after this copy makes the next snapshot due again.
+        self.state_changed = false;
         let copies: Vec<(Uuid, Shard)> = self
             .tenants
             .iter()
@@ -1066,7 +1097,7 @@ impl ShardActor {
     /// Writes every tenant's state and the consumed offset in one durable
     /// commit, on this thread (shutdown), then applies log retention.
     fn snapshot(&mut self) -> Result<(), PortError> {
-        if self.failed || self.applied <= self.snapshot_at {
+        if self.failed || (self.applied <= self.snapshot_at && !self.state_changed) {
             return Ok(());
         }
         if !self.outbox_is_committed() {
@@ -1074,6 +1105,7 @@ impl ShardActor {
         }
         let started = Instant::now();
         let now = crate::clock::now();
+        self.state_changed = false;
         let (writes, _) = snapshot_writes(self.partition, self.applied, now, self.tenants.iter())?;
         self.store.commit(writes, true)?;
         self.snapshot_written(self.applied, now, started);

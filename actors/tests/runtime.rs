@@ -20,7 +20,7 @@ use xeno_actors::shard::ShardSettings;
 use xeno_actors::{Bootstrap, Ports, Runtime, RuntimeError, RuntimeSettings, parse_rule};
 use xeno_connectors::embedded::{EventLog, StateStore};
 use xeno_engine::model::Event;
-use xeno_engine::ports::{PortError, WebhookOutcome, WebhookPort, WebhookRequest};
+use xeno_engine::ports::{PortError, StatePort, WebhookOutcome, WebhookPort, WebhookRequest};
 use xeno_engine::shard::ShardConfig;
 use xeno_engine::time::{Duration as EngineDuration, Timestamp};
 
@@ -75,6 +75,8 @@ fn settings() -> RuntimeSettings {
         },
         tick: Duration::from_millis(50),
         max_inflight_per_partition: 100_000,
+        import_dir: std::env::temp_dir()
+            .join(format!("xeno-runtime-imports-{}", std::process::id())),
         bootstrap: Some(Bootstrap {
             org: "demo".into(),
             write_key: Some("wk_test".into()),
@@ -760,6 +762,125 @@ fn a_new_endpoint_after_none_is_not_muted_by_old_markers() {
         subscribe(&runtime, org, &["segment.entered", "segment.exited"]);
         eventually(async || (recorder.bodies().len() == 3).then_some(())).await;
         assert_eq!(recorder.bodies()[2].1["type"], "segment.exited");
+        runtime.shutdown().await;
+    });
+}
+
+#[test]
+fn an_erased_customer_leaves_no_trace_in_state_or_log_and_stays_erased_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let secret = "alice-private@example.com";
+    let contains =
+        |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let system = actix_rt::System::new();
+    let org = system.block_on(async {
+        let log = Arc::new(EventLog::open(&dir.path().join("log"), 3).unwrap());
+        let store = Arc::new(StateStore::open(&dir.path().join("state")).unwrap());
+        let ports = Ports {
+            log: log.clone(),
+            store: store.clone(),
+            webhooks: recorder.clone(),
+        };
+        let (runtime, _) =
+            Runtime::start(settings(), ports, xeno_actors::clock::wall_clock()).unwrap();
+        eventually(async || runtime.is_ready().then_some(())).await;
+        let org = runtime.org_for_write_key("wk_test").unwrap();
+        let mut events = vec![
+            Event::identify(
+                "a-1",
+                "alice",
+                now(),
+                json!({"email": secret, "plan": "pro"}),
+            ),
+            Event::identify("b-1", "bob", now(), json!({"email": "bob@example.com"})),
+        ];
+        events.extend(orders(1, 2, now()).into_iter().map(|mut e| {
+            e.user_id = Some("alice".into());
+            e.message_id = format!("alice-{}", e.message_id);
+            e
+        }));
+        events.extend(orders(1, 1, now()).into_iter().map(|mut e| {
+            e.user_id = Some("bob".into());
+            e
+        }));
+        runtime.ingest(org, events, now()).await.unwrap();
+        eventually(async || {
+            let a = runtime.customer(org, "alice").await.ok()?;
+            let b = runtime.customer(org, "bob").await.ok()?;
+            (a.computed["order_count"] == json!(2.0) && b.computed["order_count"] == json!(1.0))
+                .then_some(())
+        })
+        .await;
+        runtime.shutdown().await;
+        // A snapshot with alice in it exists now; the erasure must replace it.
+        let (runtime, _) = Runtime::start(
+            settings(),
+            Ports {
+                log: log.clone(),
+                store: store.clone(),
+                webhooks: recorder.clone(),
+            },
+            xeno_actors::clock::wall_clock(),
+        )
+        .unwrap();
+        eventually(async || runtime.is_ready().then_some(())).await;
+
+        let erasure = runtime
+            .delete_customer(org, "alice", EngineDuration(3_600_000))
+            .await
+            .unwrap();
+        assert_eq!(erasure.erased_ids, vec!["alice".to_string()]);
+        assert!(matches!(
+            runtime.customer(org, "alice").await,
+            Err(RuntimeError::NotFound(_))
+        ));
+        // Her events become tombstones in the log; bob's stay.
+        eventually(async || {
+            let mut alice = 0;
+            let mut bob = 0;
+            for p in 0..3 {
+                for (_, record) in log.read(p, 0, 10_000).unwrap() {
+                    alice += usize::from(contains(&record, "alice"));
+                    bob += usize::from(contains(&record, "\"bob\""));
+                }
+            }
+            (alice == 0 && bob == 2).then_some(())
+        })
+        .await;
+        // No state record holds her data (her id stays on the suppression
+        // list only, under its own key).
+        let mut holders = Vec::new();
+        for (key, value) in store.scan(b"", None, 100_000).unwrap() {
+            if contains(&value, secret) || contains(&value, "alice") {
+                holders.push(String::from_utf8_lossy(&key).into_owned());
+            }
+        }
+        assert_eq!(holders, Vec::<String>::new(), "records naming alice");
+        // Refused while suppressed.
+        let outcome = runtime
+            .ingest(
+                org,
+                vec![Event::identify("a-2", "alice", now(), json!({"plan": "x"}))],
+                now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome.suppressed, vec![0]);
+        runtime.stop_without_snapshot().await;
+        org
+    });
+    drop(system);
+
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let (runtime, _) = ready(dir.path(), &recorder).await;
+        assert!(
+            runtime.customer(org, "alice").await.is_err(),
+            "alice stays erased"
+        );
+        let bob = runtime.customer(org, "bob").await.unwrap();
+        assert_eq!(bob.computed["order_count"], json!(1.0));
         runtime.shutdown().await;
     });
 }

@@ -81,7 +81,11 @@ fn overwrite_replaces_records_in_place_and_survives_a_restart() {
         .map(|(_, v)| String::from_utf8(v).unwrap())
         .collect();
     assert_eq!(texts, ["a-0", "gone", "a-2", "b-0", "gone too", "b-2"]);
-    assert_eq!(log.append(0, records("c", 1)).unwrap(), 6..7, "offsets unchanged");
+    assert_eq!(
+        log.append(0, records("c", 1)).unwrap(),
+        6..7,
+        "offsets unchanged"
+    );
 }
 
 #[test]

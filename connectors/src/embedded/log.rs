@@ -313,7 +313,9 @@ impl EventLog {
     pub fn overwrite(&self, partition: u32, records: Vec<(u64, Vec<u8>)>) -> Result<(), LogError> {
         self.check(partition)?;
         let _maintenance = self.maintenance.lock().map_err(|_| LogError::Closed)?;
-        let mut by_chunk: std::collections::BTreeMap<u64, (Vec<u8>, Vec<(u64, Vec<u8>)>)> =
+        // First offset of a chunk -> (the chunk, its patches by index).
+        type Patches = Vec<(u64, Vec<u8>)>;
+        let mut by_chunk: std::collections::BTreeMap<u64, (Vec<u8>, Patches)> =
             std::collections::BTreeMap::new();
         for (offset, bytes) in records {
             let Some(guard) = self
@@ -339,12 +341,18 @@ impl EventLog {
         }
         let mut batch = self.db.batch();
         for (first, (chunk, patches)) in by_chunk {
-            let mut records: Vec<Vec<u8>> =
-                decode_chunk(&chunk)?.into_iter().map(<[u8]>::to_vec).collect();
+            let mut records: Vec<Vec<u8>> = decode_chunk(&chunk)?
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect();
             for (index, bytes) in patches {
                 records[index as usize] = bytes;
             }
-            batch.insert(&self.keyspace, key(partition, first), encode_chunk(&records));
+            batch.insert(
+                &self.keyspace,
+                key(partition, first),
+                encode_chunk(&records),
+            );
         }
         batch.commit().map_err(storage)?;
         self.db.persist(PersistMode::SyncAll).map_err(storage)

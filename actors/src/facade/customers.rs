@@ -1,0 +1,564 @@
+//! Customer data through the facade: writes that go through the event path
+//! (so segments and webhooks react as they do to ingest), listing with a rule
+//! filter, search, sort and a cursor across partitions, the attribute schema
+//! and type changes, erasure with a suppression period, and segment members
+//! with their data for exports.
+
+use super::*;
+use crate::catalog::{Suppression, field_description_key, suppression_key};
+use crate::shard::{
+    ChangeFieldType, CheckFieldType, CustomerData, EraseCustomers, GetSchema, MembersData,
+    QueryCustomers, StringValues,
+};
+use std::collections::BTreeMap;
+use xeno_engine::model::{AttrValue, FieldOrigin};
+use xeno_engine::shard::ListPosition;
+use xeno_engine::traits::ComputedTraitDef;
+
+/// How to list customers.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerListQuery {
+    /// Only customers matching this rule now.
+    pub filter: Option<Rule>,
+    /// Case-insensitive prefix of the id, the email, or (a word of) the name.
+    pub search: Option<String>,
+    /// An attribute or computed trait; by id when `None`.
+    pub sort: Option<String>,
+    pub descending: bool,
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
+/// A field of the attribute schema.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FieldInfo {
+    pub name: String,
+    /// string, number, bool, timestamp or list_of_strings.
+    #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub ty: AttrType,
+    /// `declared` (typed ahead of data), `inferred` (from the first value
+    /// seen) or `computed` (a computed trait; read only).
+    pub origin: String,
+    pub description: Option<String>,
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Erasure {
+    pub id: String,
+    /// The id and the ids merged into it: all erased and suppressed.
+    pub erased_ids: Vec<String>,
+    /// Events for these ids are refused until then.
+    pub suppressed_until: String,
+}
+
+/// The computed traits every tenant has, with their types.
+fn computed_traits() -> Vec<(String, AttrType)> {
+    ComputedTraitDef::builtins()
+        .into_iter()
+        .filter_map(|d| d.output_type().ok().map(|t| (d.name, t)))
+        .collect()
+}
+
+fn customer_info(data: CustomerData, org: &crate::catalog::OrgState) -> CustomerInfo {
+    let segments = data
+        .segments
+        .iter()
+        .filter_map(|e| org.by_engine_id.get(e))
+        .filter_map(|s| org.segments.get(s))
+        .map(|s| SegmentRef {
+            id: s.id,
+            name: s.name.clone(),
+        })
+        .collect();
+    CustomerInfo {
+        id: data.id,
+        attributes: data.attributes,
+        computed: data.computed,
+        segments,
+    }
+}
+
+/// A customer id as the API takes it.
+pub fn check_customer_id(id: &str, pointer: &str) -> Result<(), RuntimeError> {
+    if id.trim().is_empty() {
+        return Err(invalid(pointer, "the customer id must not be empty"));
+    }
+    if id.len() > 256 {
+        return Err(invalid(pointer, "the customer id is longer than 256 bytes"));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    fn customer_infos(&self, org: Uuid, data: Vec<CustomerData>) -> Vec<CustomerInfo> {
+        self.inner
+            .catalog
+            .with_org(org, |o| {
+                data.into_iter()
+                    .map(|d| customer_info(d, o))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The types the tenant knows for `names`: recorded in the catalog, or
+    /// inferred by any partition.
+    pub(crate) async fn known_types(
+        &self,
+        org: Uuid,
+        names: &[String],
+    ) -> Result<HashMap<String, AttrType>, RuntimeError> {
+        let mut types: HashMap<String, AttrType> = self
+            .inner
+            .catalog
+            .with_org(org, |o| {
+                names
+                    .iter()
+                    .filter_map(|n| o.fields.get(n).map(|t| (n.clone(), *t)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for shard in &self.inner.shards {
+            let known = shard
+                .send(FieldTypes {
+                    org,
+                    names: names.to_vec(),
+                })
+                .await?;
+            for (name, ty) in known {
+                types.entry(name).or_insert(ty);
+            }
+        }
+        Ok(types)
+    }
+
+    /// Checks traits a customer write sets: names, value shapes, computed
+    /// trait names, and the types the tenant already holds.
+    pub async fn check_traits(
+        &self,
+        org: Uuid,
+        traits: &Map<String, Json>,
+        pointer: &str,
+    ) -> Result<(), RuntimeError> {
+        let computed = computed_traits();
+        for (name, value) in traits {
+            let at = format!("{pointer}/{name}");
+            if name.is_empty() || name.len() > 256 {
+                return Err(invalid(at, "a trait name is 1 to 256 bytes"));
+            }
+            if computed.iter().any(|(c, _)| c == name) {
+                return Err(invalid(
+                    at,
+                    format!("`{name}` is a computed trait (from events); it cannot be set"),
+                ));
+            }
+            if !value.is_null() && AttrValue::infer_type(value).is_none() {
+                return Err(invalid(
+                    at,
+                    "a trait is a string, number, bool, RFC 3339 timestamp, list of strings or null",
+                ));
+            }
+        }
+        let names: Vec<String> = traits.keys().cloned().collect();
+        let known = self.known_types(org, &names).await?;
+        for (name, value) in traits {
+            let Some(ty) = known.get(name) else { continue };
+            if !value.is_null() && AttrValue::from_json_as(value, *ty).is_none() {
+                return Err(invalid(
+                    format!("{pointer}/{name}"),
+                    format!("`{name}` holds {ty} values; this value is not one"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a write for an erased customer id during its suppression.
+    fn check_not_suppressed(&self, org: Uuid, id: &str) -> Result<(), RuntimeError> {
+        match self.inner.catalog.suppression(org, id) {
+            Some(s) if s.until > now().0 => Err(RuntimeError::Conflict(format!(
+                "customer `{id}` was erased; writes for it are refused until {}",
+                Timestamp(s.until).to_rfc3339()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Logs one event of a customer through the ingest path and answers the
+    /// customer as it is once the event is applied.
+    pub async fn write_customer_event(
+        &self,
+        org: Uuid,
+        event: Event,
+    ) -> Result<CustomerInfo, RuntimeError> {
+        self.require_org(org)?;
+        let id = event
+            .customer_key()
+            .ok_or_else(|| invalid("/id", "the customer id must not be empty"))?
+            .to_string();
+        self.check_not_suppressed(org, &id)?;
+        // The profile the id lives in (an anonymous id merged into a known one).
+        let root = self.inner.catalog.alias_of(org, &id).unwrap_or(id);
+        let outcome = self.log_events(org, vec![event], now(), true).await?;
+        if !outcome.suppressed.is_empty() {
+            return Err(RuntimeError::Conflict(format!(
+                "customer `{root}` was erased; writes for it are refused"
+            )));
+        }
+        self.customer(org, &root).await
+    }
+
+    /// Customers of `org`, a page at a time, in the query's order. Each
+    /// partition answers its first `limit` after the cursor; the pages are
+    /// merged in the same order.
+    pub async fn list_customers(
+        &self,
+        org: Uuid,
+        query: CustomerListQuery,
+    ) -> Result<Page<CustomerInfo>, RuntimeError> {
+        self.require_org(org)?;
+        if let Some(rule) = &query.filter {
+            self.ensure_fields(org, rule, false).await?;
+        }
+        let after: Option<ListPosition> = match &query.cursor {
+            Some(c) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .ok_or_else(|| invalid("/cursor", "not a cursor of this list"))?,
+            ),
+            None => None,
+        };
+        let mut rows: Vec<(ListPosition, CustomerData)> = Vec::new();
+        for shard in &self.inner.shards {
+            let page = shard
+                .send(QueryCustomers {
+                    org,
+                    filter: query.filter.clone(),
+                    search: query.search.clone(),
+                    sort: query.sort.clone(),
+                    descending: query.descending,
+                    after: after.clone(),
+                    // One more than a page: whether a next page exists.
+                    limit: query.limit + 1,
+                })
+                .await?
+                .map_err(|e| match e {
+                    SegmentError::Rule(e) => {
+                        let mut e = rule_invalid(e);
+                        if let RuntimeError::Invalid { pointer, .. } = &mut e {
+                            *pointer = pointer.replacen("/rule", "/filter", 1);
+                        }
+                        e
+                    }
+                    SegmentError::UnknownSortField(_) => invalid("/sort", e.to_string()),
+                    other => segment_error(other),
+                })?;
+            rows.extend(page);
+        }
+        rows.sort_by(|a, b| a.0.cmp_in(&b.0, query.descending));
+        let full = rows.len() > query.limit;
+        rows.truncate(query.limit);
+        let next_cursor = match (full, rows.last()) {
+            (true, Some((position, _))) => Some(
+                URL_SAFE_NO_PAD.encode(serde_json::to_vec(position).expect("positions serialise")),
+            ),
+            _ => None,
+        };
+        let items = self.customer_infos(org, rows.into_iter().map(|(_, d)| d).collect());
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Members of a segment with their data, `limit` at a time (for exports;
+    /// the cursor is the one of [`Self::members`]).
+    pub async fn member_data(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CustomerInfo>, RuntimeError> {
+        self.require_org(org)?;
+        let record = self.segment_record(org, id)?;
+        let (mut partition, mut after) = match cursor {
+            Some(c) => {
+                decode_cursor(c).ok_or_else(|| invalid("/cursor", "not a cursor of this list"))?
+            }
+            None => (0, None),
+        };
+        let mut data = Vec::new();
+        let mut next_cursor = None;
+        while (partition as usize) < self.inner.shards.len() {
+            let want = limit - data.len();
+            let page = self.inner.shards[partition as usize]
+                .send(MembersData {
+                    org,
+                    engine_id: record.engine_id,
+                    after,
+                    limit: want,
+                })
+                .await?;
+            let full = page.len() == want;
+            let last = page.last().map(|(row, _)| *row);
+            data.extend(page.into_iter().map(|(_, d)| d));
+            if full {
+                next_cursor = last.map(|row| encode_cursor(partition, row));
+                break;
+            }
+            partition += 1;
+            after = None;
+        }
+        Ok(Page {
+            items: self.customer_infos(org, data),
+            next_cursor,
+        })
+    }
+
+    /// The attribute schema: every field any partition knows or the catalog
+    /// records, and the computed traits.
+    pub async fn fields(&self, org: Uuid) -> Result<Vec<FieldInfo>, RuntimeError> {
+        self.require_org(org)?;
+        let mut fields: BTreeMap<String, FieldInfo> = BTreeMap::new();
+        let (recorded, descriptions) = self
+            .inner
+            .catalog
+            .with_org(org, |o| (o.fields.clone(), o.descriptions.clone()))
+            .unwrap_or_default();
+        for shard in &self.inner.shards {
+            for def in shard.send(GetSchema { org }).await? {
+                let entry = fields.entry(def.name.clone()).or_insert(FieldInfo {
+                    name: def.name.clone(),
+                    ty: def.ty,
+                    origin: "inferred".into(),
+                    description: None,
+                });
+                if def.origin == FieldOrigin::Declared {
+                    entry.origin = "declared".into();
+                }
+            }
+        }
+        for (name, ty) in recorded {
+            let entry = fields.entry(name.clone()).or_insert(FieldInfo {
+                name,
+                ty,
+                origin: "declared".into(),
+                description: None,
+            });
+            entry.ty = ty;
+        }
+        for (name, ty) in computed_traits() {
+            fields.insert(
+                name.clone(),
+                FieldInfo {
+                    name,
+                    ty,
+                    origin: "computed".into(),
+                    description: None,
+                },
+            );
+        }
+        for (name, text) in descriptions {
+            if let Some(f) = fields.get_mut(&name) {
+                f.description = Some(text);
+            }
+        }
+        Ok(fields.into_values().collect())
+    }
+
+    /// Declares a field or changes its type and description. A type change
+    /// that existing values cannot satisfy is refused with the number of
+    /// offending customers and a few of their ids; nothing changes then.
+    pub async fn put_field(
+        &self,
+        org: Uuid,
+        name: &str,
+        ty: Option<AttrType>,
+        description: Option<Option<String>>,
+    ) -> Result<FieldInfo, RuntimeError> {
+        self.require_org(org)?;
+        if name.is_empty() || name.len() > 256 {
+            return Err(invalid("/name", "a field name is 1 to 256 bytes"));
+        }
+        if computed_traits().iter().any(|(c, _)| c == name) {
+            return Err(invalid(
+                "/name",
+                format!("`{name}` is a computed trait; its type is fixed"),
+            ));
+        }
+        if let Some(Some(text)) = &description
+            && text.chars().count() > 1000
+        {
+            return Err(invalid(
+                "/description",
+                "the description is longer than 1000 characters",
+            ));
+        }
+        // One schema change at a time, and none while a segment changes.
+        let _guard = self.inner.segment_lock.lock().await;
+        if let Some(ty) = ty {
+            let mut offending = 0u64;
+            let mut examples = Vec::new();
+            for shard in &self.inner.shards {
+                let check = shard
+                    .send(CheckFieldType {
+                        org,
+                        name: name.to_string(),
+                        ty,
+                    })
+                    .await?
+                    .map_err(|e| invalid("/type", e.to_string()))?;
+                offending += check.offending;
+                examples.extend(check.examples);
+            }
+            if offending > 0 {
+                examples.truncate(5);
+                return Err(RuntimeError::Conflict(format!(
+                    "{offending} customers hold a value of `{name}` that is not a {ty} (for example {}); change or clear those values first",
+                    examples.join(", ")
+                )));
+            }
+            for (i, shard) in self.inner.shards.iter().enumerate() {
+                let changed = shard
+                    .send(ChangeFieldType {
+                        org,
+                        name: name.to_string(),
+                        ty,
+                    })
+                    .await?;
+                if let Err(reason) = changed {
+                    if i > 0 {
+                        tracing::error!(org = %org, field = name, partition = i, error = %reason, "a field type change stopped half way; the catalog keeps the old type");
+                    }
+                    return Err(RuntimeError::Conflict(reason));
+                }
+            }
+            let new = vec![(name.to_string(), ty)];
+            self.inner.catalog.commit(
+                &*self.inner.ports.store,
+                vec![StateWrite::Put(field_key(org, name), encode(&ty))],
+                |c| c.put_fields(org, &new),
+            )?;
+        }
+        if let Some(text) = description {
+            let text = text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+            let write = match &text {
+                Some(t) => StateWrite::Put(field_description_key(org, name), encode(t)),
+                None => StateWrite::Delete(field_description_key(org, name)),
+            };
+            self.inner
+                .catalog
+                .commit(&*self.inner.ports.store, vec![write], |c| {
+                    c.put_description(org, name, text.clone())
+                })?;
+        }
+        drop(_guard);
+        self.fields(org)
+            .await?
+            .into_iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| RuntimeError::NotFound("field".into()))
+    }
+
+    /// Erases a customer (right to be forgotten): the profile, the profiles
+    /// merged into it, every value kept of them and their logged events; for
+    /// `suppression`, events naming any of the ids are refused.
+    pub async fn delete_customer(
+        &self,
+        org: Uuid,
+        id: &str,
+        suppression: xeno_engine::time::Duration,
+    ) -> Result<Erasure, RuntimeError> {
+        self.require_org(org)?;
+        let root = self
+            .inner
+            .catalog
+            .alias_of(org, id)
+            .unwrap_or_else(|| id.to_string());
+        let merged: Vec<String> = self
+            .inner
+            .catalog
+            .aliases(org)
+            .into_iter()
+            .filter(|(_, into)| *into == root)
+            .map(|(from, _)| from)
+            .collect();
+        if self.customer(org, &root).await.is_err() && merged.is_empty() {
+            return Err(RuntimeError::NotFound("customer".into()));
+        }
+        let mut ids = vec![root.clone()];
+        ids.extend(merged.iter().cloned());
+        let erased_at = now().0;
+        let record = Suppression {
+            erased_at,
+            until: erased_at.saturating_add(suppression.millis()),
+        };
+        // Durable first: from here on no shard applies these ids' events,
+        // and a restart finishes the erasure.
+        let mut writes: Vec<StateWrite> = ids
+            .iter()
+            .map(|i| StateWrite::Put(suppression_key(org, i), encode(&record)))
+            .collect();
+        writes.extend(merged.iter().map(|m| StateWrite::Delete(alias_key(org, m))));
+        let (store, catalog, recorded) = (
+            self.inner.ports.store.clone(),
+            self.inner.catalog.clone(),
+            ids.clone(),
+        );
+        let merged_ids = merged.clone();
+        tokio::task::spawn_blocking(move || {
+            store.commit(writes, true)?;
+            catalog.put_suppressions(org, &recorded, record);
+            catalog.remove_aliases(org, &merged_ids);
+            Ok::<_, PortError>(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        let partitions = self.inner.shards.len() as u32;
+        let mut by_partition: HashMap<u32, Vec<String>> = HashMap::new();
+        for i in &ids {
+            by_partition
+                .entry(partition_of(org, i, partitions))
+                .or_default()
+                .push(i.clone());
+        }
+        for (p, ids) in by_partition {
+            self.inner.shards[p as usize]
+                .send(EraseCustomers { org, ids })
+                .await?;
+        }
+        metrics::counter!("xeno_customers_erased_total").increment(1);
+        tracing::info!(org = %org, ids = ids.len(), "customer erased");
+        Ok(Erasure {
+            id: root,
+            erased_ids: ids,
+            suppressed_until: Timestamp(record.until).to_rfc3339(),
+        })
+    }
+
+    /// Every customer's value of a string field, lowercased, to the customer
+    /// id (the importer's email lookup). The first customer wins a tie.
+    pub(crate) async fn string_index(
+        &self,
+        org: Uuid,
+        field: &str,
+    ) -> Result<HashMap<String, String>, RuntimeError> {
+        let mut index = HashMap::new();
+        for shard in &self.inner.shards {
+            let values = shard
+                .send(StringValues {
+                    org,
+                    field: field.to_string(),
+                })
+                .await?;
+            for (value, id) in values {
+                index.entry(value.trim().to_lowercase()).or_insert(id);
+            }
+        }
+        Ok(index)
+    }
+}

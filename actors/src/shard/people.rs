@@ -1,0 +1,355 @@
+//! Customer data on a shard actor: listing customers with a rule filter,
+//! search and sort; segment members with their data (export); the schema and
+//! changing a field's type with data in place; the values of a string field
+//! (the importer's email lookup); and erasure (right to be forgotten).
+
+use super::*;
+use xeno_engine::model::FieldDef;
+use xeno_engine::shard::{CustomerQuery, FieldTypeCheck, FieldTypeError, ListPosition};
+
+use crate::record::ERASED;
+
+/// One page of this partition's customers of `org` in the query's order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(ListPosition, CustomerData)>, SegmentError>")]
+pub struct QueryCustomers {
+    pub org: Uuid,
+    pub filter: Option<Rule>,
+    pub search: Option<String>,
+    pub sort: Option<String>,
+    pub descending: bool,
+    pub after: Option<ListPosition>,
+    pub limit: usize,
+}
+
+/// Members of a segment with their data, after dense id `after`.
+#[derive(Message)]
+#[rtype(result = "Vec<(u32, CustomerData)>")]
+pub struct MembersData {
+    pub org: Uuid,
+    pub engine_id: u64,
+    pub after: Option<u32>,
+    pub limit: usize,
+}
+
+/// The attribute fields this partition's shard of `org` knows.
+#[derive(Message)]
+#[rtype(result = "Vec<FieldDef>")]
+pub struct GetSchema {
+    pub org: Uuid,
+}
+
+/// How many customers hold a value of `name` that `ty` cannot hold.
+#[derive(Message)]
+#[rtype(result = "Result<FieldTypeCheck, FieldTypeError>")]
+pub struct CheckFieldType {
+    pub org: Uuid,
+    pub name: String,
+    pub ty: AttrType,
+}
+
+/// Changes the type of `name`, converting the values; declares it when this
+/// partition has not seen it yet.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ChangeFieldType {
+    pub org: Uuid,
+    pub name: String,
+    pub ty: AttrType,
+}
+
+/// Every (value, customer id) of a string field.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, String)>")]
+pub struct StringValues {
+    pub org: Uuid,
+    pub field: String,
+}
+
+/// Erases customers: their profiles (exits are sent), every value the shard
+/// kept of them, and their events in this partition's log. Answers how many
+/// profiles existed here.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct EraseCustomers {
+    pub org: Uuid,
+    pub ids: Vec<String>,
+}
+
+impl ShardActor {
+    /// Removes and purges the given customers of `org`; exits go to the
+    /// outbox before the ids are forgotten.
+    pub(super) fn erase(&mut self, org: Uuid, ids: &[String]) -> usize {
+        let Some(shard) = self.tenants.get_mut(&org) else {
+            return 0;
+        };
+        let mut out = Vec::new();
+        let mut rows = Vec::new();
+        for id in ids {
+            if let Some(row) = shard.customer_row(id)
+                && shard.remove_customer(id, &mut out)
+            {
+                rows.push(row);
+            }
+        }
+        if rows.is_empty() {
+            return 0;
+        }
+        self.deltas.extend(out.into_iter().map(|d| (org, d)));
+        // The exits' deliveries are built (with the ids) here; only then are
+        // the ids dropped from memory.
+        self.flush();
+        self.publish_counts();
+        if let Some(shard) = self.tenants.get_mut(&org) {
+            for row in &rows {
+                shard.purge_removed(*row);
+            }
+        }
+        self.state_changed = true;
+        rows.len()
+    }
+
+    /// Customers erased while a snapshot older than the erasure was the
+    /// latest: the replay skipped their events, the snapshot still had them.
+    pub(super) fn erase_suppressed(&mut self) {
+        let partitions = self.log.partitions();
+        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+            if !self.catalog.has_suppressions(org) {
+                continue;
+            }
+            let ids: Vec<String> = self
+                .catalog
+                .with_org(org, |o| o.suppressed.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|id| partition_of(org, id, partitions) == self.partition)
+                .collect();
+            if self.erase(org, &ids) > 0 {
+                self.erase_logged_events(org, ids);
+            }
+        }
+    }
+
+    /// Overwrites the customers' records in this partition's log with
+    /// tombstones, on a thread of its own (a scan of the retained log).
+    fn erase_logged_events(&self, org: Uuid, ids: Vec<String>) {
+        let (log, partition) = (self.log.clone(), self.partition);
+        let spawned = std::thread::Builder::new()
+            .name(format!("xeno-erase-{partition}"))
+            .spawn(move || {
+                let ids: HashSet<String> = ids.into_iter().collect();
+                let mut offsets = Vec::new();
+                let scanned = read_range(&*log, partition, 0, u64::MAX, &mut |offset, record| {
+                    let named = |id: &Option<String>| id.as_ref().is_some_and(|i| ids.contains(i));
+                    if record.org == org
+                        && (named(&record.event.user_id) || named(&record.event.anonymous_id))
+                    {
+                        offsets.push(offset);
+                    }
+                });
+                let result = scanned
+                    .map_err(|e| PortError::retryable(e.0))
+                    .and_then(|()| {
+                        let count = offsets.len();
+                        log.overwrite(
+                            partition,
+                            offsets.into_iter().map(|o| (o, ERASED.to_vec())).collect(),
+                        )
+                        .map(|()| count)
+                    });
+                match result {
+                    Ok(count) => {
+                        metrics::counter!("xeno_events_erased_total").increment(count as u64);
+                        tracing::info!(partition, org = %org, events = count, "erased customers' events overwritten in the log");
+                    }
+                    // The suppression keeps them from being applied again;
+                    // retention deletes them in the end.
+                    Err(e) => tracing::error!(partition, org = %org, error = %e, "overwriting erased events failed"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(partition = self.partition, error = %e, "cannot start the erasure thread");
+        }
+    }
+
+    /// Makes the shards' field types match the catalog's (a type change that
+    /// reached the catalog but not a snapshot before a crash).
+    pub(super) fn reconcile_field_types(&mut self) {
+        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+            let fields: Vec<(String, AttrType)> = self
+                .catalog
+                .with_org(org, |o| {
+                    o.fields.iter().map(|(n, t)| (n.clone(), *t)).collect()
+                })
+                .unwrap_or_default();
+            let shard = self.tenants.get_mut(&org).expect("listed above");
+            let mut out = Vec::new();
+            for (name, ty) in fields {
+                let current = shard.schema().get(&name).map(|(_, f)| f.ty);
+                if current.is_some_and(|c| c != ty)
+                    && let Err(e) = shard.change_field_type(&name, ty, &mut out)
+                {
+                    tracing::error!(partition = self.partition, org = %org, field = %name, error = %e, "field keeps its old type on this partition");
+                }
+            }
+            self.deltas.extend(out.into_iter().map(|d| (org, d)));
+        }
+    }
+}
+
+fn engine_failed() -> SegmentError {
+    SegmentError::History(xeno_engine::ports::HistoryError(
+        "the engine failed on this query".into(),
+    ))
+}
+
+impl Handler<QueryCustomers> for ShardActor {
+    type Result = MessageResult<QueryCustomers>;
+
+    fn handle(&mut self, msg: QueryCustomers, _: &mut Self::Context) -> Self::Result {
+        let query = CustomerQuery {
+            filter: msg.filter.as_ref(),
+            search: msg.search.as_deref(),
+            sort: msg.sort.as_deref(),
+            descending: msg.descending,
+            after: msg.after.as_ref(),
+            limit: msg.limit,
+        };
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            // No customer here: still check the query on an empty shard.
+            let empty = Shard::new(self.settings.engine);
+            let no_history: &[Event] = &[];
+            let checked = catch_unwind(AssertUnwindSafe(|| {
+                empty
+                    .query_customers(&query, &no_history)
+                    .map(|_| Vec::new())
+            }));
+            return MessageResult(checked.unwrap_or_else(|_| Err(engine_failed())));
+        };
+        let history = self.history(msg.org);
+        let listed = catch_unwind(AssertUnwindSafe(|| shard.query_customers(&query, &history)));
+        MessageResult(match listed {
+            Ok(Ok(listed)) => Ok(listed
+                .into_iter()
+                .filter_map(|l| {
+                    let data = customer_data(shard, &l.position.id)?;
+                    Some((l.position, data))
+                })
+                .collect()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(engine_failed()),
+        })
+    }
+}
+
+impl Handler<MembersData> for ShardActor {
+    type Result = MessageResult<MembersData>;
+
+    fn handle(&mut self, msg: MembersData, _: &mut Self::Context) -> Self::Result {
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            return MessageResult(Vec::new());
+        };
+        let Some(members) = shard.members(SegmentId(msg.engine_id)) else {
+            return MessageResult(Vec::new());
+        };
+        let from = msg.after.map(|a| a.saturating_add(1)).unwrap_or(0);
+        MessageResult(
+            members
+                .range(from..)
+                .filter_map(|row| {
+                    let id = shard.customer_id(row)?;
+                    Some((row, customer_data(shard, id)?))
+                })
+                .take(msg.limit)
+                .collect(),
+        )
+    }
+}
+
+impl Handler<GetSchema> for ShardActor {
+    type Result = MessageResult<GetSchema>;
+
+    fn handle(&mut self, msg: GetSchema, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.tenants
+                .get(&msg.org)
+                .map(|s| s.schema().fields().to_vec())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Handler<CheckFieldType> for ShardActor {
+    type Result = MessageResult<CheckFieldType>;
+
+    fn handle(&mut self, msg: CheckFieldType, _: &mut Self::Context) -> Self::Result {
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            return MessageResult(Ok(FieldTypeCheck::default()));
+        };
+        if shard.schema().get(&msg.name).is_none() {
+            return MessageResult(Ok(FieldTypeCheck::default()));
+        }
+        MessageResult(shard.check_field_type(&msg.name, msg.ty))
+    }
+}
+
+impl Handler<ChangeFieldType> for ShardActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: ChangeFieldType, _: &mut Self::Context) -> Self::Result {
+        let mut outcome = Ok(());
+        let changed = self.segment_change(msg.org, |shard, _, out| {
+            outcome = if shard.schema().get(&msg.name).is_none() {
+                shard
+                    .declare_field(&msg.name, msg.ty)
+                    .map_err(|e| e.to_string())
+            } else {
+                shard
+                    .change_field_type(&msg.name, msg.ty, out)
+                    .map_err(|e| e.to_string())
+            };
+            Ok(())
+        });
+        changed.map_err(|e| e.to_string())?;
+        if outcome.is_ok() {
+            self.state_changed = true;
+        }
+        outcome
+    }
+}
+
+impl Handler<StringValues> for ShardActor {
+    type Result = MessageResult<StringValues>;
+
+    fn handle(&mut self, msg: StringValues, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.tenants
+                .get(&msg.org)
+                .map(|s| s.string_values(&msg.field))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Handler<EraseCustomers> for ShardActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: EraseCustomers, _: &mut Self::Context) -> usize {
+        if self.failed {
+            return 0;
+        }
+        let erased = self.erase(msg.org, &msg.ids);
+        // Even when no profile lives here, events of the ids may.
+        self.erase_logged_events(msg.org, msg.ids);
+        // The previous snapshot still holds the profiles: replace it now
+        // (or, while a background snapshot of the old state is being
+        // written, at the next tick after it).
+        if erased > 0
+            && !self.snapshot_in_flight
+            && let Err(e) = self.snapshot()
+        {
+            tracing::warn!(partition = self.partition, error = %e, "snapshot after an erasure failed; retried at the next tick");
+        }
+        erased
+    }
+}
