@@ -391,6 +391,19 @@ impl Runtime {
         Ok((runtime, generated))
     }
 
+    /// Whether every partition is ready and could take `events` more
+    /// pending events without answering busy (the importer waits for room
+    /// rather than retrying refused batches).
+    pub(crate) fn has_room(&self, events: i64) -> bool {
+        let limit = self.inner.settings.max_inflight_per_partition;
+        self.inner.ready.iter().all(|r| r.load(Ordering::Acquire))
+            && self
+                .inner
+                .inflight
+                .iter()
+                .all(|f| f.load(Ordering::Acquire) + events <= limit)
+    }
+
     pub(crate) fn store(&self) -> &Arc<dyn StatePort> {
         &self.inner.ports.store
     }

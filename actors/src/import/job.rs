@@ -41,6 +41,8 @@ use crate::facade::{Runtime, RuntimeError};
 const BATCH_ROWS: usize = 4096;
 /// Rows read before the columns are planned (types are inferred from them).
 const SAMPLE_ROWS: usize = 1000;
+/// Batches being logged while the next is parsed.
+const IN_FLIGHT: usize = 4;
 /// Bytes the dialect is sniffed from.
 const SAMPLE_BYTES: usize = 64 * 1024;
 
@@ -554,6 +556,7 @@ impl Runtime {
             seen: HashMap::new(),
             batch: Vec::with_capacity(BATCH_ROWS),
             batch_rows: Vec::with_capacity(BATCH_ROWS),
+            in_flight: std::collections::VecDeque::new(),
             rows_read: 0,
             imported: 0,
             failed: 0,
@@ -662,6 +665,7 @@ impl Runtime {
         if !state.batch.is_empty() {
             self.send_batch(handle, &mut state, &mut report)?;
         }
+        self.settle_all(&mut state, &mut report)?;
         if let Some(failure) = rows.failure() {
             return Err(format!(
                 "reading stopped after {} rows: {failure}",
@@ -685,7 +689,10 @@ impl Runtime {
         Ok(!cancelled)
     }
 
-    /// Logs the batch durably, waiting while the shards are saturated.
+    /// Hands the batch to the ingest path without waiting for it to be
+    /// durable: up to [`IN_FLIGHT`] batches are appended while the next rows
+    /// are parsed. Waits for room first, so a batch is refused as busy only
+    /// when other writers raced it to the last room.
     fn send_batch(
         &self,
         handle: &JobHandle,
@@ -695,31 +702,71 @@ impl Runtime {
         let events = std::mem::take(&mut state.batch);
         let rows = std::mem::take(&mut state.batch_rows);
         let mut waited = Duration::ZERO;
-        loop {
-            match self
-                .tokio()
-                .block_on(self.ingest(handle.org, events.clone(), now()))
-            {
-                Ok(outcome) => {
-                    state.imported += (events.len() - outcome.suppressed.len()) as u64;
-                    for i in outcome.suppressed {
-                        let (number, line) = rows[i];
-                        report.write(number, line, "", "the customer was erased; imports for it are refused during the suppression period", "");
-                        state.failed += 1;
-                    }
-                    return Ok(());
-                }
-                Err(RuntimeError::Busy { .. }) if waited < Duration::from_secs(300) => {
-                    std::thread::sleep(Duration::from_millis(20));
-                    waited += Duration::from_millis(20);
-                }
-                Err(e) => {
-                    return Err(format!("stopped after {} rows: {e}", state.imported));
-                }
+        while !self.has_room(events.len() as i64) {
+            if waited > Duration::from_secs(300) {
+                return Err(format!(
+                    "stopped after {} rows: the server stayed saturated for 5 minutes",
+                    state.imported
+                ));
             }
+            std::thread::sleep(Duration::from_millis(5));
+            waited += Duration::from_millis(5);
+        }
+        let (runtime, org) = (self.clone(), handle.org);
+        let count = events.len();
+        let pending = self
+            .tokio()
+            .spawn(async move { runtime.ingest(org, events, now()).await });
+        state.in_flight.push_back((pending, rows, count));
+        while state.in_flight.len() >= IN_FLIGHT {
+            self.settle_oldest(state, report)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every batch handed off to be durable.
+    fn settle_all(&self, state: &mut Progress, report: &mut Report) -> Result<(), String> {
+        while !state.in_flight.is_empty() {
+            self.settle_oldest(state, report)?;
+        }
+        Ok(())
+    }
+
+    fn settle_oldest(&self, state: &mut Progress, report: &mut Report) -> Result<(), String> {
+        let Some((pending, rows, count)) = state.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let result = self
+            .tokio()
+            .block_on(pending)
+            .unwrap_or_else(|e| Err(RuntimeError::Internal(e.to_string())));
+        match result {
+            Ok(outcome) => {
+                state.imported += (count - outcome.suppressed.len()) as u64;
+                for i in outcome.suppressed {
+                    let (number, line) = rows[i];
+                    report.write(
+                        number,
+                        line,
+                        "",
+                        "the customer was erased; imports for it are refused during the suppression period",
+                        "",
+                    );
+                    state.failed += 1;
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "stopped after {} rows: {e}; import the file again (rows are upserted, none is doubled)",
+                state.imported
+            )),
         }
     }
 }
+
+type PendingBatch = tokio::task::JoinHandle<Result<crate::facade::IngestOutcome, RuntimeError>>;
+/// A batch being logged: its task, the (row, line) of each event, its size.
+type InFlight = (PendingBatch, Vec<(u64, u64)>, usize);
 
 /// Mutable state of a running import.
 struct Progress {
@@ -728,6 +775,8 @@ struct Progress {
     seen: HashMap<u64, u32>,
     batch: Vec<Event>,
     batch_rows: Vec<(u64, u64)>,
+    /// Batches handed to ingest, oldest first, not yet known durable.
+    in_flight: std::collections::VecDeque<InFlight>,
     rows_read: u64,
     imported: u64,
     failed: u64,
