@@ -20,7 +20,28 @@ pub struct Config {
     pub storage: StorageConfig,
     pub engine: EngineConfig,
     pub webhooks: WebhooksConfig,
+    pub customers: CustomersConfig,
     pub bootstrap: BootstrapConfig,
+}
+
+/// `[customers]`: customer data, imports and erasure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomersConfig {
+    /// After a customer is erased (right to be forgotten), events and writes
+    /// for its ids are refused for this long, e.g. "30d".
+    pub suppression: String,
+    /// Largest CSV upload accepted, in bytes.
+    pub max_import_bytes: u64,
+}
+
+impl Default for CustomersConfig {
+    fn default() -> Self {
+        CustomersConfig {
+            suppression: "30d".into(),
+            max_import_bytes: 50 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[server]`: the HTTP listener.
@@ -201,6 +222,7 @@ impl Config {
         }
         duration("engine.dedup_window", &self.engine.dedup_window)?;
         duration("storage.log_retention", &self.storage.log_retention)?;
+        duration("customers.suppression", &self.customers.suppression)?;
         let positive = |key: &'static str, text: &str| {
             let d = duration(key, text)?;
             if d.millis() <= 0 {

@@ -31,6 +31,10 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Import customers from a CSV file into a running server, following the job.
+    Import(xeno_gateway::cli::import::ImportArgs),
+    /// Export customers (a segment, or a filter or search) as CSV from a running server.
+    Export(xeno_gateway::cli::export::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -101,5 +105,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import(args) => xeno_gateway::cli::import::run(args),
+        Command::Export(args) => xeno_gateway::cli::export::run(args),
     }
 }

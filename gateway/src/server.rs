@@ -13,7 +13,7 @@ use xeno_connectors::embedded::{EventLog, StateStore};
 use xeno_connectors::webhook::sender::HttpWebhookSender;
 use xeno_engine::shard::ShardConfig;
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, CustomerSettings, router};
 use crate::config::{Config, parse_duration};
 
 fn std_duration(text: &str) -> StdDuration {
@@ -47,6 +47,7 @@ pub fn settings(config: &Config) -> anyhow::Result<RuntimeSettings> {
         },
         tick: std_duration(&config.engine.tick),
         max_inflight_per_partition: i64::from(config.server.max_pending_events),
+        import_dir: config.storage.data_dir.join("imports"),
         bootstrap: config.bootstrap.enabled.then(|| Bootstrap {
             org: config.bootstrap.org.clone(),
             write_key: config.bootstrap.write_key.clone(),
@@ -83,6 +84,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = router(AppState {
         runtime: runtime.clone(),
         metrics,
+        customers: CustomerSettings {
+            suppression: parse_duration(&config.customers.suppression)
+                .map_err(anyhow::Error::msg)?,
+            max_import_bytes: config.customers.max_import_bytes,
+        },
     });
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

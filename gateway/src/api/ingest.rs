@@ -31,12 +31,28 @@ pub async fn ingest(
     body: Body,
 ) -> Response {
     match handle(state, &endpoint, headers, body).await {
-        Ok(()) => {
+        Ok(suppressed) if suppressed.is_empty() => {
             metrics::counter!("xeno_ingest_requests_total", "status" => "200").increment(1);
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
                 r#"{"success":true}"#,
+            )
+                .into_response()
+        }
+        Ok(suppressed) => {
+            // Not an error (a retry would not help) but not silent either:
+            // the answer says which events were refused and why.
+            metrics::counter!("xeno_ingest_requests_total", "status" => "200").increment(1);
+            let body = serde_json::json!({
+                "success": true,
+                "suppressed": suppressed,
+                "detail": "events of erased customers are refused during their suppression period",
+            });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
             )
                 .into_response()
         }
@@ -49,7 +65,7 @@ async fn handle(
     endpoint: &str,
     headers: HeaderMap,
     body: Body,
-) -> Result<(), Problem> {
+) -> Result<Vec<usize>, Problem> {
     let endpoint = Endpoint::from_name(endpoint).ok_or_else(|| Problem::not_found("route"))?;
     let received_at = xeno_actors::clock::now();
     let body = to_bytes(body, MAX_WIRE_BYTES).await.map_err(|_| {
@@ -100,12 +116,13 @@ async fn handle(
             })
         })?;
     if decoded.events.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     state
         .runtime
         .ingest(org, decoded.events, received_at)
         .await
+        .map(|outcome| outcome.suppressed)
         .map_err(|e| {
             metrics::counter!("xeno_ingest_requests_total", "status" => "503").increment(1);
             Problem::from(e)

@@ -2,7 +2,9 @@
 //! under `/api/v1/orgs/{org}`, and the operational routes (`/healthz`,
 //! `/readyz`, `/metrics`).
 
+pub mod audit;
 pub mod customers;
+pub mod imports;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
@@ -27,6 +29,16 @@ use problem::Problem;
 pub struct AppState {
     pub runtime: Runtime,
     pub metrics: Option<PrometheusHandle>,
+    pub customers: CustomerSettings,
+}
+
+/// Settings of the customer-data routes.
+#[derive(Debug, Clone, Copy)]
+pub struct CustomerSettings {
+    /// How long an erased customer's ids stay refused.
+    pub suppression: xeno_engine::time::Duration,
+    /// Largest CSV upload.
+    pub max_import_bytes: u64,
 }
 
 /// The whole router.
@@ -41,7 +53,29 @@ pub fn router(state: AppState) -> Router {
                 .delete(segments::delete),
         )
         .route("/segments/{id}/members", get(segments::members))
-        .route("/customers/{id}", get(customers::get))
+        .route("/customers", get(customers::list).post(customers::create))
+        .route("/customers/export", get(customers::export))
+        .route(
+            "/customers/{id}",
+            get(customers::get)
+                .patch(customers::update)
+                .delete(customers::delete),
+        )
+        .route("/orders", post(customers::create_order))
+        .route("/fields", get(customers::fields))
+        .route("/fields/{name}", axum::routing::put(customers::put_field))
+        .route("/segments/{id}/export", get(customers::export_segment))
+        .route(
+            "/imports",
+            get(imports::list)
+                .post(imports::create)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/imports/{id}", get(imports::get))
+        .route("/imports/{id}/cancel", post(imports::cancel))
+        .route("/imports/{id}/errors", get(imports::errors))
+        .route("/imports/{id}/events", get(imports::events))
+        .route("/audit", get(audit::list))
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
             "/webhooks/{id}",
@@ -84,6 +118,17 @@ pub fn authorize(
     slug: &str,
     access: Access,
 ) -> Result<Uuid, Problem> {
+    authorize_actor(state, headers, slug, access).map(|(org, _)| org)
+}
+
+/// [`authorize`], also naming the caller for the activity feed
+/// (`key:{api key id}`).
+pub fn authorize_actor(
+    state: &AppState,
+    headers: &HeaderMap,
+    slug: &str,
+    access: Access,
+) -> Result<(Uuid, String), Problem> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -109,7 +154,7 @@ pub fn authorize(
             "this API key may only read",
         ));
     }
-    Ok(org.id)
+    Ok((org.id, format!("key:{}", principal.key_id)))
 }
 
 /// Parses a JSON body into `T`, with a problem naming what is wrong.

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, problem, segments, webhooks};
+use super::{audit, customers, imports, problem, segments, webhooks};
 
 struct BearerAuth;
 
@@ -20,11 +20,15 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Xeno management API", description = "Segments, customers and webhooks of an organization. Ingest is the Segment HTTP Tracking API under /v1."),
+    info(title = "Xeno management API", description = "Segments, customers, imports and webhooks of an organization. Ingest is the Segment HTTP Tracking API under /v1."),
     paths(
         segments::create, segments::list, segments::get, segments::update, segments::delete,
         segments::preview, segments::members,
-        customers::get,
+        customers::get, customers::list, customers::create, customers::update, customers::delete,
+        customers::create_order, customers::fields, customers::put_field, customers::export,
+        customers::export_segment,
+        imports::create, imports::list, imports::get, imports::cancel, imports::errors, imports::events,
+        audit::list,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate, webhooks::test, webhooks::deliveries, webhooks::replay,
     ),

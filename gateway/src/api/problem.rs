@@ -87,6 +87,7 @@ impl From<RuntimeError> for Problem {
             RuntimeError::Invalid { pointer, reason } => {
                 Problem::field(StatusCode::UNPROCESSABLE_ENTITY, &pointer, &reason)
             }
+            RuntimeError::Conflict(reason) => Problem::new(StatusCode::CONFLICT, reason),
             RuntimeError::Busy { retry_after_secs } => {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,

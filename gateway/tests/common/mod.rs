@@ -287,6 +287,55 @@ impl Server {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Any method with an optional JSON body on the management API.
+    pub fn admin_call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let url = self.org_url(path);
+        let what = format!(
+            "{method} {url} {}",
+            body.map(Value::to_string).unwrap_or_default()
+        );
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", Self::bearer())
+            .header("content-type", "application/json")
+            .body(body.map(Value::to_string).unwrap_or_default())
+            .expect("a valid request");
+        finish(&what, self.agent.run(request)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// POST of raw bytes with a content type on the management API.
+    pub fn admin_post_bytes(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let what = format!(
+            "POST {} ({} bytes of {content_type})",
+            self.org_url(path),
+            body.len()
+        );
+        finish(
+            &what,
+            self.agent
+                .post(self.org_url(path))
+                .header("authorization", Self::bearer())
+                .header("content-type", content_type)
+                .send(body),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// POST to the ingest API without checking the answer.
+    pub fn ingest_reply(&self, path: &str, body: &Value) -> Reply {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"));
+        finish(
+            &format!("POST {path} {body}"),
+            self.agent
+                .post(self.url(path))
+                .header("authorization", format!("Basic {basic}"))
+                .send_json(body),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// POST to the ingest API (`/v1/...`) with the write key as Basic user name,
     /// as the Segment SDKs do; expects `200 {"success": true}`.
     pub fn ingest(&self, path: &str, body: &Value) {
