@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use fjall::{
+    CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode,
+};
 
 /// Most requests one commit takes from the queue.
 const MAX_REQUESTS_PER_COMMIT: usize = 4096;
@@ -142,7 +144,13 @@ impl EventLog {
             });
         }
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let db = Database::builder(dir).open().map_err(storage)?;
+        // Chunks are compressed when they are flushed to blob files; doing it
+        // again for the journal cost the committer, which every
+        // acknowledgement waits on, 4 % of the CPU at full load.
+        let db = Database::builder(dir)
+            .journal_compression(CompressionType::None)
+            .open()
+            .map_err(storage)?;
         let keyspace = db
             .keyspace("event_log", || {
                 KeyspaceCreateOptions::default()
