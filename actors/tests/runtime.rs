@@ -786,6 +786,12 @@ fn an_erased_customer_leaves_no_trace_in_state_or_log_and_stays_erased_after_a_r
             Runtime::start(settings(), ports, xeno_actors::clock::wall_clock()).unwrap();
         eventually(async || runtime.is_ready().then_some(())).await;
         let org = runtime.org_for_write_key("wk_test").unwrap();
+        // Webhooks carry traits: their history must forget her too.
+        subscribe(&runtime, org, &["segment.entered", "segment.exited"]);
+        runtime
+            .create_segment(org, "pros", parse_rule(&json!("order_count >= 1")).unwrap())
+            .await
+            .unwrap();
         let mut events = vec![
             Event::identify(
                 "a-1",
@@ -812,6 +818,16 @@ fn an_erased_customer_leaves_no_trace_in_state_or_log_and_stays_erased_after_a_r
                 .then_some(())
         })
         .await;
+        // Her entry was delivered, with her traits.
+        eventually(async || {
+            (recorder
+                .bodies()
+                .iter()
+                .any(|(_, b)| contains(b.to_string().as_bytes(), secret)))
+            .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         runtime.shutdown().await;
         // A snapshot with alice in it exists now; the erasure must replace it.
         let (runtime, _) = Runtime::start(
@@ -848,11 +864,18 @@ fn an_erased_customer_leaves_no_trace_in_state_or_log_and_stays_erased_after_a_r
             (alice == 0 && bob == 2).then_some(())
         })
         .await;
-        // No state record holds her data (her id stays on the suppression
-        // list only, under its own key).
+        // No state record holds her data: her id stays on the suppression
+        // list (under its own key) and in the exit webhook being delivered,
+        // which names the id only.
         let mut holders = Vec::new();
         for (key, value) in store.scan(b"", None, 100_000).unwrap() {
-            if contains(&value, secret) || contains(&value, "alice") {
+            let text = String::from_utf8_lossy(&value);
+            let exit_by_id = text.contains("segment.exited") && !text.contains("traits");
+            if contains(&value, secret) || contains(&key, secret) {
+                holders.push(String::from_utf8_lossy(&key).into_owned());
+            } else if contains(&value, "alice") && !exit_by_id {
+                holders.push(String::from_utf8_lossy(&key).into_owned());
+            } else if contains(&key, "alice") && !contains(&key, "/sup/alice") {
                 holders.push(String::from_utf8_lossy(&key).into_owned());
             }
         }

@@ -417,4 +417,18 @@ fn exports_stream_segment_members_and_filtered_lists_as_csv() {
         "a bad filter is a problem, not a truncated file: {}",
         bad.body
     );
+    let audit = server
+        .admin_get("/audit?action=customers.exported")
+        .expect(200, "audit");
+    let entries = audit["items"].as_array().unwrap();
+    assert_eq!(
+        entries.len(),
+        2,
+        "each export is in the activity feed: {audit}"
+    );
+    assert_eq!(
+        entries[1]["summary"]["filter"],
+        json!("score < 10"),
+        "{audit}"
+    );
 }

@@ -531,8 +531,17 @@ impl Runtime {
                 .send(EraseCustomers { org, ids })
                 .await?;
         }
+        // What the webhook history kept of them: finished deliveries (their
+        // payloads carry the traits) and the last-transition markers (keyed
+        // by id). Pending ones, such as the exits just queued (which name the
+        // id only), are delivered and then expire with the history.
+        let (store, forget) = (self.inner.ports.store.clone(), ids.clone());
+        let forgotten =
+            tokio::task::spawn_blocking(move || forget_deliveries(&*store, org, &forget))
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))??;
         metrics::counter!("xeno_customers_erased_total").increment(1);
-        tracing::info!(org = %org, ids = ids.len(), "customer erased");
+        tracing::info!(org = %org, ids = ids.len(), deliveries = forgotten, "customer erased");
         Ok(Erasure {
             id: root,
             erased_ids: ids,
@@ -561,4 +570,42 @@ impl Runtime {
         }
         Ok(index)
     }
+}
+
+/// Deletes the finished deliveries and the last-transition markers of `org`
+/// that name one of `ids`; answers how many records went.
+fn forget_deliveries(store: &dyn StatePort, org: Uuid, ids: &[String]) -> Result<usize, PortError> {
+    let named = |id: &str| ids.iter().any(|i| i == id);
+    let mut deletes = Vec::new();
+    crate::catalog::scan_all(
+        store,
+        format!("t/{org}/dl/").as_bytes(),
+        &mut |key, value| {
+            if let Ok(delivery) = serde_json::from_slice::<DeliveryRecord>(value)
+                && delivery.status != DeliveryStatus::Pending
+                && delivery.payload["data"]["customer"]["id"]
+                    .as_str()
+                    .is_some_and(named)
+            {
+                deletes.push(StateWrite::Delete(key.to_vec()));
+            }
+            Ok(())
+        },
+    )?;
+    // t/{org}/last/{epoch}/{segment}/{customer}: the id is all after the 5th `/`.
+    crate::catalog::scan_all(store, format!("t/{org}/last/").as_bytes(), &mut |key, _| {
+        if String::from_utf8_lossy(key)
+            .splitn(6, '/')
+            .nth(5)
+            .is_some_and(named)
+        {
+            deletes.push(StateWrite::Delete(key.to_vec()));
+        }
+        Ok(())
+    })?;
+    let count = deletes.len();
+    for chunk in deletes.chunks(1024) {
+        store.commit(chunk.to_vec(), true)?;
+    }
+    Ok(count)
 }

@@ -517,11 +517,25 @@ async fn export_page(
 pub async fn export_csv(
     state: &AppState,
     org: uuid::Uuid,
+    actor: String,
     source: ExportSource,
     file_name: &str,
 ) -> Result<Response, Problem> {
     let fields = state.runtime.fields(org).await?;
     let first = export_page(&state.runtime, org, &source, None).await?;
+    // Who took customer data out, and which: an entry of the activity feed.
+    let summary = match &source {
+        ExportSource::Segment(id) => json!({"segment": id}),
+        ExportSource::Customers(q) => json!({
+            "filter": q.filter.as_ref().map(xeno_engine::rule::dsl::print),
+            "search": q.search,
+        }),
+    };
+    let runtime = state.runtime.clone();
+    super::blocking(state, move |_| {
+        runtime.audit(org, &actor, "customers.exported", "customers", summary)
+    })
+    .await?;
     let mut header = vec!["id".to_string()];
     header.extend(fields.iter().map(|f| f.name.clone()));
     header.push("segments".into());
@@ -596,7 +610,7 @@ pub async fn export(
     ApiQuery(query): ApiQuery<ExportQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Read)?;
     let list = ListQuery {
         filter: query.filter,
         q: query.q,
@@ -605,7 +619,7 @@ pub async fn export(
         cursor: None,
     };
     let source = ExportSource::Customers(list_query(&list, 1000)?);
-    export_csv(&state, org, source, "customers.csv").await
+    export_csv(&state, org, actor, source, "customers.csv").await
 }
 
 #[utoipa::path(operation_id = "export_segment", get, path = "/api/v1/orgs/{org}/segments/{id}/export", tag = "segments",
@@ -618,12 +632,13 @@ pub async fn export_segment(
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Read)?;
     let id = path_id(&id, "segment")?;
     state.runtime.get_segment(org, id).await?;
     export_csv(
         &state,
         org,
+        actor,
         ExportSource::Segment(id),
         &format!("segment-{id}.csv"),
     )
