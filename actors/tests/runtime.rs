@@ -871,11 +871,11 @@ fn an_erased_customer_leaves_no_trace_in_state_or_log_and_stays_erased_after_a_r
         for (key, value) in store.scan(b"", None, 100_000).unwrap() {
             let text = String::from_utf8_lossy(&value);
             let exit_by_id = text.contains("segment.exited") && !text.contains("traits");
-            if contains(&value, secret) || contains(&key, secret) {
-                holders.push(String::from_utf8_lossy(&key).into_owned());
-            } else if contains(&value, "alice") && !exit_by_id {
-                holders.push(String::from_utf8_lossy(&key).into_owned());
-            } else if contains(&key, "alice") && !contains(&key, "/sup/alice") {
+            let names_her = contains(&value, secret)
+                || contains(&key, secret)
+                || (contains(&value, "alice") && !exit_by_id)
+                || (contains(&key, "alice") && !contains(&key, "/sup/alice"));
+            if names_her {
                 holders.push(String::from_utf8_lossy(&key).into_owned());
             }
         }
