@@ -190,6 +190,69 @@ pub struct SegmentRef {
     pub name: String,
 }
 
+/// How long an import's folder (its error report) is kept after the job.
+const IMPORT_FOLDER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes import folders (error reports, uploads of jobs that died with a
+/// previous process) older than [`IMPORT_FOLDER_RETENTION`]; a job this
+/// process runs is never touched.
+fn prune_import_folders(dir: &std::path::Path, imports: &crate::import::ImportRegistry) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let live: Vec<String> = imports
+        .jobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .map(Uuid::to_string)
+        .collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > IMPORT_FOLDER_RETENTION);
+        if old
+            && !live.contains(&name)
+            && let Err(e) = std::fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(folder = %name, error = %e, "pruning an import folder failed");
+        }
+    }
+}
+
+/// Forgets suppressions that ended longer ago than the log keeps events: no
+/// event they could refuse is left to replay.
+fn prune_suppressions(inner: &Inner) {
+    let horizon = now().0 - inner.settings.shard.log_retention_ms;
+    for org in inner.catalog.org_ids() {
+        let ended: Vec<String> = inner
+            .catalog
+            .with_org(org, |o| {
+                o.suppressed
+                    .iter()
+                    .filter(|(_, s)| s.until < horizon)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ended.is_empty() {
+            continue;
+        }
+        let writes = ended
+            .iter()
+            .map(|id| StateWrite::Delete(crate::catalog::suppression_key(org, id)))
+            .collect();
+        match inner.ports.store.commit(writes, true) {
+            Ok(()) => inner.catalog.remove_suppressions(org, &ended),
+            Err(e) => tracing::warn!(org = %org, error = %e, "pruning ended suppressions failed"),
+        }
+    }
+}
+
 /// A page of a list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page<T> {
@@ -453,6 +516,8 @@ impl Runtime {
                     if deleted > 0 {
                         tracing::info!(deleted, "old webhook deliveries pruned");
                     }
+                    prune_import_folders(&inner.settings.import_dir, &inner.imports);
+                    prune_suppressions(&inner);
                     drop(inner);
                     std::thread::sleep(Duration::from_secs(3600));
                 }
