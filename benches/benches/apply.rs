@@ -11,17 +11,26 @@
 //!
 //! Sizes: `XENO_APPLY_CUSTOMERS` (100_000), `XENO_APPLY_EVENT_NAMES` (100, ten
 //! segments each), `XENO_APPLY_POOL` (1_000_000), `XENO_APPLY_BATCH` (10_000).
+//!
+//! A second case, `apply/identify_new_customers_9_attributes`, is the CSV import
+//! path: identify events that each create a customer with nine profile
+//! attributes (one unique email, low-cardinality names, city, country and plan,
+//! two numbers and an RFC 3339 time), all declared ahead, with three segments on
+//! them. Each timed batch applies `XENO_APPLY_IMPORT_ROWS` (100_000) such events
+//! to a fresh shard; building the shard and dropping it are not timed.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
 use xeno_benches::data::{
-    BASE_TIME, SEGMENTS_PER_EVENT, declare_profile_fields, env_size, event_name, fan_out_segments,
-    load_profiles, segments_per_event_name, track_pool,
+    BASE_TIME, CITIES, COUNTRIES, PLANS, SEGMENTS_PER_EVENT, SplitMix64, declare_profile_fields,
+    env_size, event_name, fan_out_segments, load_profiles, segments_per_event_name, track_pool,
 };
-use xeno_engine::model::Event;
-use xeno_engine::shard::{Delta, Shard};
+use xeno_engine::model::{AttrType, Event};
+use xeno_engine::rule::dsl;
+use xeno_engine::shard::{Delta, SegmentId, Shard};
 use xeno_engine::time::{DAY, Timestamp};
 
 struct Workload {
@@ -144,20 +153,26 @@ fn setup() -> Workload {
 
 fn bench_apply(c: &mut Criterion) {
     let batch = env_size("XENO_APPLY_BATCH", 10_000, 1_000);
-    let mut workload = setup();
-    assert!(batch <= workload.pool.len());
+    let customers = env_size("XENO_APPLY_CUSTOMERS", 100_000, 10_000);
+    let segments = env_size("XENO_APPLY_EVENT_NAMES", 100, 100) * SEGMENTS_PER_EVENT;
+    // Built on first use, so that a filter selecting only the import case skips
+    // this setup (about a minute at full size).
+    let mut lazy_workload: Option<Workload> = None;
 
     let mut group = c.benchmark_group("apply");
     group.throughput(Throughput::Elements(batch as u64));
     group.sample_size(50);
     group.warm_up_time(Duration::from_secs(3));
     group.measurement_time(Duration::from_secs(20));
-    let name = format!(
-        "track_event_{}_customers_{}_segments",
-        workload.shard.customer_count(),
-        workload.shard.segment_ids().count()
-    );
+    let name = format!("track_event_{customers}_customers_{segments}_segments");
     group.bench_function(name, |b| {
+        let workload = lazy_workload.get_or_insert_with(|| {
+            let workload = setup();
+            assert!(batch <= workload.pool.len());
+            assert_eq!(workload.shard.customer_count(), customers);
+            assert_eq!(workload.shard.segment_ids().count(), segments);
+            workload
+        });
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -169,6 +184,9 @@ fn bench_apply(c: &mut Criterion) {
     });
     group.finish();
 
+    let Some(workload) = lazy_workload else {
+        return;
+    };
     assert_eq!(
         workload.duplicates, 0,
         "an event was counted as a duplicate during measurement"
@@ -183,5 +201,127 @@ fn bench_apply(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_apply);
+/// The attributes of an imported customer row, all declared ahead as a tenant
+/// does before an import.
+const IMPORT_FIELDS: [(&str, AttrType); 9] = [
+    ("email", AttrType::String),
+    ("first_name", AttrType::String),
+    ("last_name", AttrType::String),
+    ("city", AttrType::String),
+    ("country", AttrType::String),
+    ("plan", AttrType::String),
+    ("age", AttrType::Number),
+    ("lifetime_spend", AttrType::Number),
+    ("created_at", AttrType::Timestamp),
+];
+
+const FIRST_NAMES: [&str; 8] = [
+    "Ada", "Grace", "Alan", "Linus", "Barbara", "Ken", "Edsger", "Frances",
+];
+const LAST_NAMES: [&str; 8] = [
+    "Smith", "Lovelace", "Hopper", "Turing", "Liskov", "Thompson", "Dijkstra", "Allen",
+];
+
+/// `rows` identify events as the CSV import sends them, one new customer each.
+fn import_rows(rows: usize) -> Vec<Event> {
+    let mut rng = SplitMix64::new(7);
+    let job = "0193b3c4-5d6e-7f80-9a1b-2c3d4e5f6071";
+    (0..rows)
+        .map(|row| {
+            let created = Timestamp(BASE_TIME.0 - rng.below(3 * 365) as i64 * DAY);
+            let traits = json!({
+                "email": format!("user{row}@example.com"),
+                "first_name": rng.pick(&FIRST_NAMES),
+                "last_name": rng.pick(&LAST_NAMES),
+                "city": rng.pick(&CITIES),
+                "country": rng.pick(&COUNTRIES),
+                "plan": rng.pick(&PLANS),
+                "age": (18 + rng.below(62)) as f64,
+                "lifetime_spend": rng.below(1_000_000) as f64 / 100.0,
+                "created_at": created.to_rfc3339(),
+            });
+            Event::identify(
+                format!("import-{job}-{row}"),
+                format!("cust-{row}"),
+                BASE_TIME,
+                traits,
+            )
+        })
+        .collect()
+}
+
+/// A shard with [`IMPORT_FIELDS`] declared and the three segments of the import
+/// case, and no customers.
+fn import_shard() -> Shard {
+    let mut shard = Shard::new(Default::default());
+    for (name, ty) in IMPORT_FIELDS {
+        shard
+            .declare_field(name, ty)
+            .unwrap_or_else(|e| panic!("declaring {name}: {e}"));
+    }
+    let history: Vec<Event> = Vec::new();
+    let mut deltas = Vec::new();
+    let rules = [
+        "lifetime_spend > 5000",
+        r#"plan = "pro" and city = "Pune""#,
+        "age < 30",
+    ];
+    for (id, text) in rules.iter().enumerate() {
+        let rule = dsl::parse(text).unwrap_or_else(|e| panic!("`{text}`: {e}"));
+        shard
+            .add_segment(SegmentId(id as u64 + 1), rule, &history, &mut deltas)
+            .expect("the import rules are valid");
+    }
+    shard
+}
+
+fn bench_import_identify(c: &mut Criterion) {
+    let rows = env_size("XENO_APPLY_IMPORT_ROWS", 100_000, 1_000);
+    let events = import_rows(rows);
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Elements(rows as u64));
+    group.sample_size(10);
+    let mut applied_deltas: Option<usize> = None;
+    group.bench_function("identify_new_customers_9_attributes", |b| {
+        b.iter_batched(
+            || (import_shard(), Vec::with_capacity(rows)),
+            |(mut shard, mut deltas): (Shard, Vec<Delta>)| {
+                for event in &events {
+                    let applied = shard
+                        .apply(event, BASE_TIME, &mut deltas)
+                        .expect("import events have a user id");
+                    debug_assert!(!applied.duplicate && applied.rejected.is_empty());
+                }
+                applied_deltas = Some(deltas.len());
+                // Returned so that dropping them is not timed.
+                (shard, deltas)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+
+    // Not run when a filter skipped the case.
+    let Some(applied_deltas) = applied_deltas else {
+        return;
+    };
+    let mut shard = import_shard();
+    let mut deltas = Vec::new();
+    for event in &events {
+        let applied = shard.apply(event, BASE_TIME, &mut deltas).expect("applies");
+        assert!(
+            !applied.duplicate && applied.rejected.is_empty(),
+            "{applied:?}"
+        );
+    }
+    assert_eq!(shard.customer_count(), rows);
+    println!(
+        "apply import result: {rows} customers created per batch, {} entered-segment deltas \
+         (last timed batch: {applied_deltas}), shard heap {:.0} MB",
+        deltas.len(),
+        shard.heap_bytes() as f64 / 1e6,
+    );
+}
+
+criterion_group!(benches, bench_apply, bench_import_identify);
 criterion_main!(benches);

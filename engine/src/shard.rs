@@ -47,6 +47,8 @@ mod retype;
 pub use listing::{CustomerQuery, ListPosition, ListedCustomer};
 pub use retype::{FieldTypeCheck, FieldTypeError};
 
+use std::borrow::Cow;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -215,6 +217,10 @@ pub enum TraitError {
 }
 
 /// Customer state: everything rules read.
+///
+/// No name is both an attribute of `schema` and a computed trait of
+/// `trait_by_name`: declaring either refuses a name the other holds, and an
+/// identify never infers an attribute of a computed trait's name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct State {
     schema: Schema,
@@ -674,6 +680,45 @@ pub struct Shard {
     due: Vec<(DeadlineKey, Timestamp)>,
     #[serde(skip)]
     changed_counters: Vec<u32>,
+    #[serde(skip)]
+    identify_fields: FieldCache,
+}
+
+/// The attribute of each top-level key of the previous identify, by position.
+///
+/// Identifies from one source, a CSV import above all, carry the same keys in
+/// the same order (a JSON object's keys are sorted), and comparing a key with
+/// the one remembered at its position costs less than hashing it into the
+/// schema. An entry never goes stale: attribute ids are stable and a name never
+/// leaves the schema (a type change keeps the id; the type is read from the
+/// schema on every use).
+#[derive(Debug, Clone, Default)]
+struct FieldCache {
+    /// `(name, attribute id)`; names are overwritten in place, so a source with
+    /// other keys costs no allocation once the buffers have grown.
+    fields: Vec<(String, u32)>,
+}
+
+impl FieldCache {
+    /// Bound on the positions remembered.
+    const MAX_FIELDS: usize = 256;
+
+    fn find(&self, position: usize, name: &str) -> Option<u32> {
+        self.fields
+            .get(position)
+            .filter(|(known, _)| known == name)
+            .map(|(_, id)| *id)
+    }
+
+    fn remember(&mut self, position: usize, name: &str, id: u32) {
+        if let Some((known, known_id)) = self.fields.get_mut(position) {
+            known.clear();
+            known.push_str(name);
+            *known_id = id;
+        } else if position == self.fields.len() && position < Self::MAX_FIELDS {
+            self.fields.push((name.to_string(), id));
+        }
+    }
 }
 
 /// A snapshot could not be made or read.
@@ -719,6 +764,7 @@ impl Shard {
             },
             due: Vec::new(),
             changed_counters: Vec::new(),
+            identify_fields: FieldCache::default(),
         };
         // Row 0: the customer with no events.
         shard.state.external_ids.push("".into());
@@ -801,12 +847,16 @@ impl Shard {
         self.state.customers.insert(key.into(), row);
         self.state.external_ids.push(key.into());
         self.segments.add_row();
-        let rows = self.state.rows();
+        // Every column holds exactly one row per customer, so each grows by
+        // one (push, not the general resize: this runs for every column of
+        // every new customer).
         for column in &mut self.state.attrs {
-            column.resize(rows);
+            column.push_row();
+            debug_assert_eq!(column.column.len(), self.state.external_ids.len());
         }
         for t in &mut self.state.traits {
-            t.resize(rows);
+            t.push_row();
+            debug_assert_eq!(t.values.len(), self.state.external_ids.len());
         }
         (row, true)
     }
@@ -914,14 +964,16 @@ impl Shard {
         depth: usize,
         rejected: &mut Vec<Rejection>,
     ) {
-        for (key, value) in traits {
-            let name = if prefix.is_empty() {
-                key.clone()
+        for (position, (key, value)) in traits.iter().enumerate() {
+            // Top-level keys, nearly all of them, are used as they are.
+            let name: Cow<'_, str> = if prefix.is_empty() {
+                Cow::Borrowed(key)
             } else {
-                format!("{prefix}.{key}")
+                Cow::Owned(format!("{prefix}.{key}"))
             };
+            let name = &*name;
             let reject = |reason: String| Rejection {
-                field: name.clone(),
+                field: name.to_string(),
                 reason,
             };
             if let Json::Object(inner) = value {
@@ -930,19 +982,31 @@ impl Shard {
                         "objects nested deeper than {MAX_TRAIT_NESTING} levels are not stored"
                     )));
                 } else {
-                    self.write_traits(row, at, &name, inner, depth + 1, rejected);
+                    self.write_traits(row, at, name, inner, depth + 1, rejected);
                 }
                 continue;
             }
-            if self.state.trait_by_name.contains_key(&name) {
-                rejected.push(reject(format!(
-                    "`{name}` is a computed trait and cannot be set"
-                )));
-                continue;
-            }
-            let id = match self.state.schema.get(&name) {
-                Some((id, _)) => id.0,
+            let cached = if depth == 0 {
+                self.identify_fields.find(position, name)
+            } else {
+                None
+            };
+            // An attribute is never also a computed trait (see `State`), so
+            // only a name the schema lacks needs the computed-trait check.
+            let found = cached.or_else(|| self.state.schema.get(name).map(|(id, _)| id.0));
+            let id = match found {
+                Some(id) => {
+                    debug_assert_eq!(self.state.schema.get(name).map(|(id, _)| id.0), Some(id));
+                    debug_assert!(!self.state.trait_by_name.contains_key(name));
+                    id
+                }
                 None => {
+                    if self.state.trait_by_name.contains_key(name) {
+                        rejected.push(reject(format!(
+                            "`{name}` is a computed trait and cannot be set"
+                        )));
+                        continue;
+                    }
                     if value.is_null() {
                         continue;
                     }
@@ -958,7 +1022,7 @@ impl Shard {
                         )));
                         continue;
                     }
-                    match self.ensure_field(&name, ty, FieldOrigin::Inferred) {
+                    match self.ensure_field(name, ty, FieldOrigin::Inferred) {
                         Ok(id) => id,
                         Err(e) => {
                             rejected.push(reject(e.to_string()));
@@ -967,19 +1031,31 @@ impl Shard {
                     }
                 }
             };
+            if depth == 0 && cached.is_none() {
+                self.identify_fields.remember(position, name, id);
+            }
             let ty = self.state.schema.field(crate::model::AttrId(id)).ty;
-            let typed = if value.is_null() {
-                None
-            } else {
-                match AttrValue::from_json_as(value, ty) {
-                    Some(v) => Some(v),
-                    None => {
-                        rejected.push(reject(format!("`{name}` is {ty}, got {value}")));
-                        continue;
-                    }
+            let column = &mut self.state.attrs[id as usize];
+            let changed = match (ty, value) {
+                // What `AttrValue::from_json_as` would give, borrowed instead
+                // of copied.
+                (AttrType::String, Json::String(s)) => column.write_str(row, at, s),
+                _ => {
+                    let typed = if value.is_null() {
+                        None
+                    } else {
+                        match AttrValue::from_json_as(value, ty) {
+                            Some(v) => Some(v),
+                            None => {
+                                rejected.push(reject(format!("`{name}` is {ty}, got {value}")));
+                                continue;
+                            }
+                        }
+                    };
+                    column.write(row, at, typed.as_ref())
                 }
             };
-            if self.state.attrs[id as usize].write(row, at, typed.as_ref()) {
+            if changed {
                 self.segments.mark_dep(FieldRef::Attr(id));
             }
         }
@@ -1765,6 +1841,53 @@ mod tests {
         haystack
             .windows(needle.len())
             .any(|w| w == needle.as_bytes())
+    }
+
+    /// Identifies whose keys shift position from one to the next, a field
+    /// whose type changes between them and a computed trait's name: every
+    /// value lands in its own field, typed as the schema says at that moment.
+    #[test]
+    fn identifies_with_shifting_keys_store_each_value_in_its_own_field() {
+        let mut shard = Shard::new(Default::default());
+        let identify = |shard: &mut Shard, n: i64, traits: Json| {
+            let at = Timestamp(T0 + n);
+            let event = Event::identify(format!("m{n}"), "ada", at, traits);
+            shard.apply(&event, at, &mut Vec::new()).unwrap().rejected
+        };
+        let attributes = |shard: &Shard| shard.customer("ada").unwrap().attributes;
+        let number = |x: f64| AttrValue::Number(x);
+        let text = |s: &str| AttrValue::String(s.to_string());
+
+        assert!(identify(&mut shard, 1, json!({"a": 1, "b": "x", "c": 3})).is_empty());
+        assert!(identify(&mut shard, 2, json!({"a": 2, "c": 4, "d": "y"})).is_empty());
+        assert!(identify(&mut shard, 3, json!({"b": "z", "d": "w"})).is_empty());
+        let mut got = attributes(&shard);
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), number(2.0)),
+                ("b".to_string(), text("z")),
+                ("c".to_string(), number(4.0)),
+                ("d".to_string(), text("w")),
+            ]
+        );
+
+        // `a` becomes a string: the next identify must be checked against it.
+        shard
+            .change_field_type("a", AttrType::String, &mut Vec::new())
+            .unwrap();
+        let rejected = identify(&mut shard, 4, json!({"a": 5, "b": "v"}));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].field, "a");
+        assert!(identify(&mut shard, 5, json!({"a": "five", "b": "u"})).is_empty());
+        // A computed trait's name at a position an attribute held before.
+        let rejected = identify(&mut shard, 6, json!({"first_seen": 1, "b": "t"}));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].field, "first_seen");
+        let got = attributes(&shard);
+        assert!(got.contains(&("a".to_string(), text("five"))), "{got:?}");
+        assert!(got.contains(&("b".to_string(), text("t"))), "{got:?}");
     }
 
     /// What a customer leaves behind, in every kind of state the shard keeps.

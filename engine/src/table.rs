@@ -338,6 +338,28 @@ impl NumberColumn {
         }
     }
 
+    /// Appends one row holding `value`: [`Self::resize`] by one, without its
+    /// checks, for the row a new customer adds.
+    #[inline]
+    pub fn push(&mut self, value: f64) {
+        fn push_as<T: ScaledInt>(v: &mut Vec<T>, value: f64, scale: f64) -> bool {
+            encode_as(value, scale).map(|code| v.push(code)).is_some()
+        }
+        let scale = SCALES[self.scale];
+        let pushed = match &mut self.storage {
+            NumberStorage::I8(v) => push_as(v, value, scale),
+            NumberStorage::I16(v) => push_as(v, value, scale),
+            NumberStorage::I32(v) => push_as(v, value, scale),
+            NumberStorage::F64(v) => {
+                v.push(value);
+                true
+            }
+        };
+        if !pushed {
+            self.resize(self.len() + 1, value);
+        }
+    }
+
     fn truncate(&mut self, rows: usize) {
         match &mut self.storage {
             NumberStorage::I8(v) => v.truncate(rows),
@@ -576,6 +598,16 @@ impl CodeColumn {
         }
     }
 
+    /// Appends one missing row.
+    #[inline]
+    pub fn push_missing(&mut self) {
+        match &mut self.storage {
+            CodeStorage::U8(v) => v.push(u8::MISSING),
+            CodeStorage::U16(v) => v.push(u16::MISSING),
+            CodeStorage::U32(v) => v.push(u32::MISSING),
+        }
+    }
+
     #[cold]
     fn widen_for(&mut self, code: u32) {
         fn recode<T: CodeInt>(column: &CodeColumn, capacity: usize) -> Vec<T> {
@@ -722,6 +754,20 @@ impl Column {
         }
     }
 
+    /// Appends one row holding what [`Self::resize`] fills new rows with: the
+    /// cheap form of `resize(len + 1, default)` for the row a new customer adds.
+    #[inline]
+    pub fn push_row(&mut self, default: Option<&AttrValue>) {
+        match (self, default) {
+            (Column::Number(v), Some(AttrValue::Number(d))) => v.push(*d),
+            (Column::Number(v), _) => v.push(f64::NAN),
+            (Column::Bool(v), _) => v.push(MISSING_BOOL),
+            (Column::String { codes, .. }, _) => codes.push_missing(),
+            (Column::Timestamp(v), _) => v.push(MISSING_TIME),
+            (Column::ListOfStrings { lists, .. }, _) => lists.push(None),
+        }
+    }
+
     /// Reads one row.
     pub fn get(&self, row: u32) -> Option<AttrValue> {
         let row = row as usize;
@@ -774,6 +820,30 @@ impl Column {
             }
             (column, None) => crate::rule::compile::is_missing(column, r),
             _ => false,
+        }
+    }
+
+    /// [`Self::holds`] of a string value, borrowed.
+    fn holds_str(&self, row: u32, value: &str) -> bool {
+        match self {
+            Column::String { codes, dict } => {
+                let code = codes.get(row as usize);
+                code != MISSING_CODE && dict.get(code) == value
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Self::set`] of a string value, borrowed: nothing is allocated when the
+    /// dictionary holds the string already. Any column but a string column is
+    /// a type mismatch, which clears the row as [`Self::set`] does.
+    fn set_str(&mut self, row: u32, value: &str) {
+        match self {
+            Column::String { codes, dict } => codes.set(row as usize, dict.intern(value)),
+            column => {
+                debug_assert!(false, "a string written to a {} column", column.attr_type());
+                column.set(row, None);
+            }
         }
     }
 
@@ -917,6 +987,16 @@ impl AttributeColumn {
         self.written_at.resize(rows, MISSING_TIME);
     }
 
+    /// Appends one row with no value: `resize(len + 1)`, for the row a new
+    /// customer adds, without `resize`'s general path (it runs for every
+    /// attribute of every new customer).
+    #[inline]
+    pub fn push_row(&mut self) {
+        self.column.push_row(None);
+        self.written_at.push(MISSING_TIME);
+        debug_assert_eq!(self.column.len(), self.written_at.len());
+    }
+
     /// Clears row `row` and its write time, leaving nothing of the value (see
     /// [`Column::purge_row`]).
     pub fn purge_row(&mut self, row: u32) {
@@ -927,6 +1007,18 @@ impl AttributeColumn {
     /// Applies a write made at `at`; returns whether the stored value changed.
     /// `None` unsets the attribute (a JSON `null` trait).
     pub fn write(&mut self, row: u32, at: Timestamp, value: Option<&AttrValue>) -> bool {
+        self.write_incoming(row, at, Incoming::Value(value))
+    }
+
+    /// [`Self::write`] of a string to a string column, borrowed from the event,
+    /// so that storing a string the dictionary holds already allocates nothing
+    /// (an identify carries mostly such strings: cities, plans, countries).
+    pub fn write_str(&mut self, row: u32, at: Timestamp, value: &str) -> bool {
+        debug_assert_eq!(self.column.attr_type(), AttrType::String);
+        self.write_incoming(row, at, Incoming::Str(value))
+    }
+
+    fn write_incoming(&mut self, row: u32, at: Timestamp, value: Incoming<'_>) -> bool {
         let r = row as usize;
         let current_at = self.written_at[r];
         if at.0 < current_at {
@@ -936,21 +1028,45 @@ impl AttributeColumn {
             // Same instant: the greater value wins; an unset loses to any value.
             // (Rare, so reading the stored value out is fine here.)
             let wins = match (self.column.get(row), value) {
-                (_, None) => false,
-                (None, Some(_)) => true,
-                (Some(c), Some(v)) => v.tie_break_cmp(&c) == std::cmp::Ordering::Greater,
+                (_, Incoming::Value(None)) => false,
+                (None, _) => true,
+                (Some(c), Incoming::Value(Some(v))) => {
+                    v.tie_break_cmp(&c) == std::cmp::Ordering::Greater
+                }
+                (Some(c), Incoming::Str(s)) => {
+                    AttrValue::String(s.to_string()).tie_break_cmp(&c)
+                        == std::cmp::Ordering::Greater
+                }
             };
             if !wins {
                 return false;
             }
         }
         self.written_at[r] = at.0;
-        if self.column.holds(row, value) {
-            return false;
+        match value {
+            Incoming::Value(value) => {
+                if self.column.holds(row, value) {
+                    return false;
+                }
+                self.column.set(row, value);
+            }
+            Incoming::Str(s) => {
+                if self.column.holds_str(row, s) {
+                    return false;
+                }
+                self.column.set_str(row, s);
+            }
         }
-        self.column.set(row, value);
         true
     }
+}
+
+/// A value [`AttributeColumn::write_incoming`] stores: owned by the caller, or a
+/// string borrowed from the event.
+#[derive(Debug, Clone, Copy)]
+enum Incoming<'a> {
+    Value(Option<&'a AttrValue>),
+    Str(&'a str),
 }
 
 #[cfg(test)]
@@ -1334,6 +1450,74 @@ mod tests {
             purges in prop::collection::vec(any::<usize>(), 0..40),
         ) {
             check_purges(AttrType::ListOfStrings, values, purges);
+        }
+    }
+
+    /// Every column type, with the defaults `resize` honours (a number
+    /// default the column must widen for included).
+    #[test]
+    fn pushed_rows_read_as_resized_rows() {
+        let cases = [
+            (AttrType::Number, None),
+            (AttrType::Number, Some(AttrValue::Number(0.0))),
+            (AttrType::Number, Some(AttrValue::Number(0.25))),
+            (AttrType::Number, Some(AttrValue::Number(1e300))),
+            (AttrType::Bool, None),
+            (AttrType::String, None),
+            (AttrType::Timestamp, None),
+            (AttrType::ListOfStrings, None),
+            (AttrType::String, Some(AttrValue::String("x".into()))),
+        ];
+        for (ty, default) in cases {
+            let mut pushed = Column::new(ty);
+            let mut resized = Column::new(ty);
+            for rows in 1..4u32 {
+                pushed.push_row(default.as_ref());
+                resized.resize(rows as usize, default.as_ref());
+                assert_eq!(pushed.len(), rows as usize);
+                for row in 0..rows {
+                    assert_eq!(pushed.get(row), resized.get(row), "{ty} {default:?}");
+                }
+            }
+            if let (Column::Number(p), Column::Number(r)) = (&pushed, &resized) {
+                assert_eq!(encoding(p), encoding(r), "{default:?}");
+            }
+        }
+    }
+
+    fn write_sequence() -> impl Strategy<Value = Vec<(u32, i64, Option<String>)>> {
+        let value = prop::option::of(prop::sample::select(vec!["", "Pune", "Paris", "pune"]));
+        prop::collection::vec(
+            (0u32..3, 0i64..4, value.prop_map(|v| v.map(str::to_string))),
+            1..40,
+        )
+    }
+
+    proptest! {
+        /// Writing a borrowed string does what writing the owned value does,
+        /// same-instant tie-breaks included.
+        #[test]
+        fn borrowed_string_writes_match_owned_writes(writes in write_sequence()) {
+            let mut owned = AttributeColumn::new(AttrType::String);
+            let mut borrowed = AttributeColumn::new(AttrType::String);
+            owned.resize(3);
+            for _ in 0..3 {
+                borrowed.push_row();
+            }
+            for (row, at, value) in writes {
+                let at = Timestamp(at);
+                let typed = value.clone().map(AttrValue::String);
+                let expected = owned.write(row, at, typed.as_ref());
+                let got = match &value {
+                    Some(s) => borrowed.write_str(row, at, s),
+                    None => borrowed.write(row, at, None),
+                };
+                prop_assert_eq!(got, expected);
+                for r in 0..3 {
+                    prop_assert_eq!(borrowed.column.get(r), owned.column.get(r));
+                }
+                prop_assert_eq!(&borrowed.written_at, &owned.written_at);
+            }
         }
     }
 

@@ -78,8 +78,11 @@ impl Timestamp {
             &time::format_description::well_known::Rfc3339,
         )
         .map_err(|_| TimeError::NotRfc3339(text.to_string()))?;
-        let nanos = parsed.unix_timestamp_nanos();
-        Ok(Timestamp(nanos.div_euclid(1_000_000) as i64))
+        // Whole seconds and the non-negative nanoseconds past them: the same
+        // as `unix_timestamp_nanos().div_euclid(1_000_000)`, without 128-bit
+        // division. (Years 0000 to 9999 keep the milliseconds within i64.)
+        let millis = parsed.unix_timestamp() * 1_000 + i64::from(parsed.nanosecond() / 1_000_000);
+        Ok(Timestamp(millis))
     }
 
     /// Formats as RFC 3339 UTC with millisecond precision when needed.
@@ -210,5 +213,23 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2026-03-01T08:20:30.123Z");
         assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()).unwrap(), t);
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn sub_millisecond_digits_truncate_toward_the_past() {
+        for (text, millis) in [
+            ("1970-01-01T00:00:00.0009Z", 0),
+            ("1969-12-31T23:59:59.9995Z", -1),
+            ("1969-12-31T23:59:59.001Z", -999),
+            ("1960-06-01T12:00:00.123456789+05:30", -302_462_999_877),
+            ("0000-01-01T00:00:00Z", -62_167_219_200_000),
+            ("9999-12-31T23:59:59.999999999Z", 253_402_300_799_999),
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(text),
+                Ok(Timestamp(millis)),
+                "{text}"
+            );
+        }
     }
 }

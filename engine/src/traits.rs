@@ -402,6 +402,22 @@ impl ComputedTrait {
         }
     }
 
+    /// Appends the row of a new customer: `resize(len + 1)` without its general
+    /// path (it runs for every computed trait of every new customer).
+    #[inline]
+    pub fn push_row(&mut self) {
+        self.values.push_row(self.default.as_ref());
+        match &mut self.state {
+            TraitState::Sum { sums } => sums.push(ExactSum::default()),
+            TraitState::Avg { sums, count } => {
+                sums.push(ExactSum::default());
+                count.push(0);
+            }
+            TraitState::Chosen { at } => at.push(i64::MIN),
+            _ => {}
+        }
+    }
+
     /// Returns row `row` to the state of a customer with no events, leaving
     /// nothing of what it held (see [`Column::purge_row`]).
     pub(crate) fn purge_row(&mut self, row: u32) {
