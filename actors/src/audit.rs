@@ -1,5 +1,6 @@
 //! The activity feed: one entry per change that matters to an organization
-//! (an import's summary, an erasure, a field type change), newest first.
+//! (an import's summary, an erasure, a field type change, an export),
+//! oldest first, as it happened.
 //! Entries are keyed by a UUIDv7 under the tenant (`t/{org}/audit/{id}`), so
 //! the key order is time order and a page is one range scan.
 

@@ -33,7 +33,7 @@ use crate::registry::{DispatcherEntry, Registry};
 use crate::segment::GetCount;
 use crate::shard::{
     Append, DeclareFields, FieldTypes, GetCustomer, InjectEnginePanic, Members, MergeCustomers,
-    Preview, PutSegment, RemoveSegment, ShardActor, ShardSettings, SnapshotNow,
+    Preview, PutSegment, RemoveSegment, ShardActor, ShardSettings, SnapshotNow, WhenApplied,
 };
 
 mod customers;
@@ -439,7 +439,7 @@ impl Runtime {
                 tokio: tokio::runtime::Handle::current(),
             }),
         };
-        runtime.fail_interrupted_imports()?;
+        runtime.fail_interrupted_imports(&runtime.inner.catalog.org_ids())?;
         runtime.start_janitor();
         for org in runtime.inner.catalog.org_ids() {
             let endpoints: Vec<Uuid> = runtime
@@ -454,17 +454,26 @@ impl Runtime {
         Ok((runtime, generated))
     }
 
-    /// Whether every partition is ready and could take `events` more
-    /// pending events without answering busy (the importer waits for room
-    /// rather than retrying refused batches).
+    /// Whether every partition is ready and has room for `events` more
+    /// pending events within half its limit (the importer waits for that
+    /// rather than filling the room live ingest needs).
     pub(crate) fn has_room(&self, events: i64) -> bool {
-        let limit = self.inner.settings.max_inflight_per_partition;
+        // Half the room: live ingest keeps the other half while an import runs.
+        let limit = self.inner.settings.max_inflight_per_partition / 2;
         self.inner.ready.iter().all(|r| r.load(Ordering::Acquire))
             && self
                 .inner
                 .inflight
                 .iter()
                 .all(|f| f.load(Ordering::Acquire) + events <= limit)
+    }
+
+    /// The type the catalog records for a field, if it does.
+    pub(crate) fn catalog_field_type(&self, org: Uuid, name: &str) -> Option<AttrType> {
+        self.inner
+            .catalog
+            .with_org(org, |o| o.fields.get(name).copied())
+            .flatten()
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn StatePort> {
@@ -657,6 +666,32 @@ impl Runtime {
         received_at: Timestamp,
         wait_applied: bool,
     ) -> Result<IngestOutcome, RuntimeError> {
+        self.log_events_or_give_back(org, events, received_at, wait_applied, None)
+            .await
+    }
+
+    /// [`Self::ingest`] that, when it answers busy, puts the events (which
+    /// were not logged) into `give_back`, so a caller that retries needs no
+    /// copy of them.
+    pub(crate) async fn ingest_or_give_back(
+        &self,
+        org: Uuid,
+        events: Vec<Event>,
+        received_at: Timestamp,
+        give_back: &mut Vec<Event>,
+    ) -> Result<IngestOutcome, RuntimeError> {
+        self.log_events_or_give_back(org, events, received_at, false, Some(give_back))
+            .await
+    }
+
+    async fn log_events_or_give_back(
+        &self,
+        org: Uuid,
+        events: Vec<Event>,
+        received_at: Timestamp,
+        wait_applied: bool,
+        give_back: Option<&mut Vec<Event>>,
+    ) -> Result<IngestOutcome, RuntimeError> {
         let partitions = self.inner.shards.len() as u32;
         let (mut events, suppressed) = self.drop_suppressed(org, events, received_at);
         if !suppressed.is_empty() {
@@ -687,19 +722,19 @@ impl Runtime {
             });
         }
         let limit = self.inner.settings.max_inflight_per_partition;
-        for (p, records) in &by_partition {
-            let flight = &self.inner.inflight[*p as usize];
-            if flight.load(Ordering::Acquire) + records.len() as i64 > limit {
-                metrics::counter!("xeno_ingest_busy_total").increment(1);
-                return Err(RuntimeError::Busy {
-                    retry_after_secs: 1,
-                });
-            }
-        }
-        if by_partition
+        let saturated = by_partition.iter().any(|(p, records)| {
+            self.inner.inflight[*p as usize].load(Ordering::Acquire) + records.len() as i64 > limit
+        });
+        let unready = by_partition
             .keys()
-            .any(|p| !self.inner.ready[*p as usize].load(Ordering::Acquire))
-        {
+            .any(|p| !self.inner.ready[*p as usize].load(Ordering::Acquire));
+        if saturated || unready {
+            if saturated {
+                metrics::counter!("xeno_ingest_busy_total").increment(1);
+            }
+            if let Some(back) = give_back {
+                back.extend(by_partition.into_values().flatten().map(|r| r.event));
+            }
             return Err(RuntimeError::Busy {
                 retry_after_secs: 1,
             });
@@ -714,6 +749,7 @@ impl Runtime {
             flight.fetch_add(n, Ordering::AcqRel);
             let log = self.inner.ports.log.clone();
             let shard = self.inner.shards[p as usize].clone();
+            let waiter = shard.clone();
             appends.push(tokio::spawn(async move {
                 let encoded: Vec<Vec<u8>> = records.iter().map(LogRecord::encode).collect();
                 let started = std::time::Instant::now();
@@ -747,6 +783,16 @@ impl Runtime {
                 });
                 if wait_applied {
                     let _ = hand_off.await;
+                    // The hand-off may wait in the reorder buffer behind an
+                    // earlier one: wait until the shard applied this range.
+                    let (done, applied) = tokio::sync::oneshot::channel();
+                    let ask = WhenApplied {
+                        until: range.end,
+                        done,
+                    };
+                    if waiter.send(ask).await.is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), applied).await;
+                    }
                 }
                 Ok(n as u64)
             }));
@@ -1110,6 +1156,20 @@ impl Runtime {
             return Ok(());
         }
         let fields: Vec<(String, AttrType)> = types.into_iter().collect();
+        self.declare_fields(org, fields, &recorded, persist, "/rule")
+            .await
+    }
+
+    /// Declares `fields` on every shard of the tenant, and records those not
+    /// in `recorded` in the catalog when `persist`.
+    pub(crate) async fn declare_fields(
+        &self,
+        org: Uuid,
+        fields: Vec<(String, AttrType)>,
+        recorded: &[String],
+        persist: bool,
+        pointer: &str,
+    ) -> Result<(), RuntimeError> {
         for shard in &self.inner.shards {
             shard
                 .send(DeclareFields {
@@ -1117,7 +1177,7 @@ impl Runtime {
                     fields: fields.clone(),
                 })
                 .await?
-                .map_err(|reason| invalid("/rule", reason))?;
+                .map_err(|reason| invalid(pointer, reason))?;
         }
         let new: Vec<(String, AttrType)> = fields
             .into_iter()

@@ -77,6 +77,15 @@ pub struct Append {
     pub records: Vec<LogRecord>,
 }
 
+/// Answers (through `done`) once every record below offset `until` is
+/// applied: a writer that reads its own write next waits for this.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WhenApplied {
+    pub until: u64,
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
 /// The clock: advance every tenant to `now`, flush what is due.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -232,6 +241,8 @@ pub struct ShardActor {
     last_snapshot: Instant,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
+    /// Writers waiting for an offset to be applied (see [`WhenApplied`]).
+    waiters: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
     /// State changed without a log record (an erasure, a field type
     /// change): the next snapshot is due even at the same offset.
     state_changed: bool,
@@ -281,6 +292,7 @@ impl ShardActor {
             events_since_snapshot: 0,
             snapshot_in_flight: false,
             state_changed: false,
+            waiters: Vec::new(),
             last_append: Instant::now(),
             failed: false,
             tick_queued: Arc::new(AtomicBool::new(false)),
@@ -307,8 +319,12 @@ impl ShardActor {
         self.snapshot_at = read_u64(&*store, &partition_key(self.partition, "snapshot"))?;
         self.outboxed = read_u64(&*store, &partition_key(self.partition, "outboxed"))?;
         self.applied = self.snapshot_at;
+        // The time each tenant's snapshot was taken at: an erasure newer than
+        // it is done again after the replay.
+        let mut snapshot_times = HashMap::new();
         for org in self.catalog.org_ids() {
             if let Some(shard) = self.load_tenant(org)? {
+                snapshot_times.insert(org, shard.now());
                 self.tenants.insert(org, shard);
             }
         }
@@ -344,7 +360,7 @@ impl ShardActor {
         }
         // Field type changes and erasures newer than the snapshot.
         self.reconcile_field_types();
-        self.erase_suppressed();
+        self.erase_suppressed(&snapshot_times);
         // Merges recorded but not carried out before the stop.
         for org in self.tenants.keys().copied().collect::<Vec<_>>() {
             self.finish_merges(org);
@@ -635,6 +651,17 @@ impl ShardActor {
             self.inflight.fetch_sub(count, Ordering::AcqRel);
         }
         self.gap_since = None;
+    }
+
+    /// Answers the writers whose offsets are applied now.
+    fn wake_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        for (_, done) in self.waiters.extract_if(.., |(until, _)| *until <= applied) {
+            let _ = done.send(());
+        }
     }
 
     /// Reads from the log a range whose `Append` never came (its request was
@@ -1377,12 +1404,25 @@ impl Handler<Append> for ShardActor {
         self.flush_forwards();
         self.flush();
         self.publish_counts();
+        self.wake_waiters();
         metrics::counter!("xeno_events_applied_total").increment(count);
         metrics::histogram!("xeno_shard_apply_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("xeno_log_lag_events", "partition" => self.partition.to_string())
             .set(self.inflight.load(Ordering::Relaxed) as f64);
         metrics::gauge!("xeno_shard_reorder_buffer", "partition" => self.partition.to_string())
             .set(self.pending.len() as f64);
+    }
+}
+
+impl Handler<WhenApplied> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WhenApplied, _: &mut Self::Context) {
+        if self.applied >= msg.until || self.failed {
+            let _ = msg.done.send(());
+        } else {
+            self.waiters.push((msg.until, msg.done));
+        }
     }
 }
 
@@ -1404,6 +1444,9 @@ impl Handler<Tick> for ShardActor {
         {
             self.catch_up_tail();
         }
+        // What a gap repair or the tail caught up on may be what a writer
+        // waits for.
+        self.wake_waiters();
         self.flush_forwards();
         if self.forwards.is_empty() {
             for org in std::mem::take(&mut self.merge_retry) {

@@ -907,3 +907,41 @@ fn an_erased_customer_leaves_no_trace_in_state_or_log_and_stays_erased_after_a_r
         runtime.shutdown().await;
     });
 }
+
+#[test]
+fn a_customer_back_after_the_suppression_is_not_erased_by_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let system = actix_rt::System::new();
+    let org = system.block_on(async {
+        let (runtime, org) = ready(dir.path(), &recorder).await;
+        let first = Event::identify("c-1", "carol", now(), json!({"plan": "old"}));
+        runtime.ingest(org, vec![first], now()).await.unwrap();
+        eventually(async || runtime.customer(org, "carol").await.ok()).await;
+        // A suppression that ends at once: she may come back right away.
+        runtime
+            .delete_customer(org, "carol", EngineDuration(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let back = Event::identify("c-2", "carol", now(), json!({"plan": "new"}));
+        let outcome = runtime.ingest(org, vec![back], now()).await.unwrap();
+        assert!(outcome.suppressed.is_empty());
+        eventually(async || {
+            let c = runtime.customer(org, "carol").await.ok()?;
+            (c.attributes["plan"] == json!("new")).then_some(())
+        })
+        .await;
+        runtime.stop_without_snapshot().await;
+        org
+    });
+    drop(system);
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let (runtime, _) = ready(dir.path(), &recorder).await;
+        let carol = runtime.customer(org, "carol").await.expect("carol is back");
+        assert_eq!(carol.attributes["plan"], json!("new"));
+        assert!(carol.attributes.get("plan").is_some());
+        runtime.shutdown().await;
+    });
+}

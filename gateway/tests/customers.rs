@@ -365,6 +365,13 @@ fn erasing_a_customer_forgets_it_and_refuses_its_id_for_the_suppression_period()
             .status,
         404
     );
+    let again = server
+        .admin_call("DELETE", "/customers/erin", None)
+        .expect(200, "a repeated erasure finishes what may be left");
+    assert_eq!(
+        again["suppressed_until"], erased["suppressed_until"],
+        "{again}"
+    );
 }
 
 #[test]
@@ -403,7 +410,7 @@ fn exports_stream_segment_members_and_filtered_lists_as_csv() {
     );
     assert!(c1234.ends_with(",high"), "segment names: {c1234}");
 
-    let filtered = server.admin_get("/customers/export?filter=score%20%3C%2010");
+    let filtered = server.admin_get("/exports/customers?filter=score%20%3C%2010");
     assert_eq!(filtered.status, 200, "{}", filtered.body);
     assert_eq!(
         filtered.body.lines().count(),
@@ -411,7 +418,7 @@ fn exports_stream_segment_members_and_filtered_lists_as_csv() {
         "header and 10 rows: {}",
         filtered.body
     );
-    let bad = server.admin_get("/customers/export?filter=score%20%3C");
+    let bad = server.admin_get("/exports/customers?filter=score%20%3C");
     assert_eq!(
         bad.status, 422,
         "a bad filter is a problem, not a truncated file: {}",

@@ -203,7 +203,7 @@ c6,short,row
     assert_eq!(list["items"][0]["id"], job["id"]);
 
     // A second file upserts by email into the existing customers.
-    let update = "email;plan\nANN@example.com;gold\nnew@example.com;free\n";
+    let update = "email;plan\nANN@example.com;gold\nnew@example.com;free\nNew@Example.com;trial\n";
     let job = import(
         &server,
         Some(&json!({"upsert_by": "email"})),
@@ -211,7 +211,8 @@ c6,short,row
     );
     assert_eq!(job["status"], json!("completed"), "{job}");
     assert_eq!(job["dialect"]["delimiter"], json!(";"), "detected: {job}");
-    assert_eq!(number(&job, "rows_imported"), 2, "{job}");
+    assert_eq!(number(&job, "rows_imported"), 3, "{job}");
+    assert_eq!(number(&job, "duplicates"), 1, "one new email twice: {job}");
     let c1 = server.customer("c1").unwrap();
     assert_eq!(
         c1["attributes"]["plan"],
@@ -226,6 +227,20 @@ c6,short,row
     assert!(
         server.customer("new@example.com").is_ok(),
         "a new email is a new customer"
+    );
+    let new = server.customer("new@example.com").unwrap();
+    assert_eq!(
+        new["attributes"]["plan"],
+        json!("trial"),
+        "the last row wins: {new}"
+    );
+    let all = server
+        .admin_get("/customers?q=new%40&limit=10")
+        .expect(200, "search");
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        1,
+        "one customer: {all}"
     );
 }
 

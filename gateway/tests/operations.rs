@@ -24,7 +24,7 @@ fn openapi_document_is_valid_and_covers_the_management_api() {
         "/api/v1/orgs/{org}/segments/{id}/members",
         "/api/v1/orgs/{org}/customers",
         "/api/v1/orgs/{org}/customers/{id}",
-        "/api/v1/orgs/{org}/customers/export",
+        "/api/v1/orgs/{org}/exports/customers",
         "/api/v1/orgs/{org}/orders",
         "/api/v1/orgs/{org}/fields",
         "/api/v1/orgs/{org}/fields/{name}",

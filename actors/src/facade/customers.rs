@@ -422,6 +422,10 @@ impl Runtime {
                     examples.join(", ")
                 )));
             }
+            let previous = self
+                .known_types(org, &[name.to_string()])
+                .await?
+                .remove(name);
             for (i, shard) in self.inner.shards.iter().enumerate() {
                 let changed = shard
                     .send(ChangeFieldType {
@@ -431,18 +435,37 @@ impl Runtime {
                     })
                     .await?;
                 if let Err(reason) = changed {
-                    if i > 0 {
-                        tracing::error!(org = %org, field = name, partition = i, error = %reason, "a field type change stopped half way; the catalog keeps the old type");
+                    // A value that cannot convert arrived after the check:
+                    // the partitions changed already go back, so the tenant
+                    // keeps one type.
+                    if let Some(previous) = previous {
+                        for done in &self.inner.shards[..i] {
+                            let back = ChangeFieldType {
+                                org,
+                                name: name.to_string(),
+                                ty: previous,
+                            };
+                            if let Ok(Err(e)) = done.send(back).await {
+                                tracing::error!(org = %org, field = name, error = %e, "a partition keeps the new type after a refused change");
+                            }
+                        }
                     }
                     return Err(RuntimeError::Conflict(reason));
                 }
             }
             let new = vec![(name.to_string(), ty)];
-            self.inner.catalog.commit(
-                &*self.inner.ports.store,
-                vec![StateWrite::Put(field_key(org, name), encode(&ty))],
-                |c| c.put_fields(org, &new),
-            )?;
+            let (store, catalog, key) = (
+                self.inner.ports.store.clone(),
+                self.inner.catalog.clone(),
+                field_key(org, name),
+            );
+            tokio::task::spawn_blocking(move || {
+                catalog.commit(&*store, vec![StateWrite::Put(key, encode(&ty))], |c| {
+                    c.put_fields(org, &new)
+                })
+            })
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
         }
         if let Some(text) = description {
             let text = text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
@@ -450,11 +473,18 @@ impl Runtime {
                 Some(t) => StateWrite::Put(field_description_key(org, name), encode(t)),
                 None => StateWrite::Delete(field_description_key(org, name)),
             };
-            self.inner
-                .catalog
-                .commit(&*self.inner.ports.store, vec![write], |c| {
-                    c.put_description(org, name, text.clone())
-                })?;
+            let (store, catalog, field) = (
+                self.inner.ports.store.clone(),
+                self.inner.catalog.clone(),
+                name.to_string(),
+            );
+            tokio::task::spawn_blocking(move || {
+                catalog.commit(&*store, vec![write], |c| {
+                    c.put_description(org, &field, text)
+                })
+            })
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
         }
         drop(_guard);
         self.fields(org)
@@ -487,16 +517,23 @@ impl Runtime {
             .filter(|(_, into)| *into == root)
             .map(|(from, _)| from)
             .collect();
-        if self.customer(org, &root).await.is_err() && merged.is_empty() {
+        // An erasure that was asked for already is run again (it may have
+        // stopped half way): the answer is the same, not a 404.
+        let repeat = self
+            .inner
+            .catalog
+            .suppression(org, &root)
+            .filter(|s| s.until > now().0);
+        if self.customer(org, &root).await.is_err() && merged.is_empty() && repeat.is_none() {
             return Err(RuntimeError::NotFound("customer".into()));
         }
         let mut ids = vec![root.clone()];
         ids.extend(merged.iter().cloned());
         let erased_at = now().0;
-        let record = Suppression {
+        let record = repeat.unwrap_or(Suppression {
             erased_at,
             until: erased_at.saturating_add(suppression.millis()),
-        };
+        });
         // Durable first: from here on no shard applies these ids' events,
         // and a restart finishes the erasure.
         let mut writes: Vec<StateWrite> = ids
@@ -528,7 +565,11 @@ impl Runtime {
         }
         for (p, ids) in by_partition {
             self.inner.shards[p as usize]
-                .send(EraseCustomers { org, ids })
+                .send(EraseCustomers {
+                    org,
+                    ids,
+                    until: record.until,
+                })
                 .await?;
         }
         // What the webhook history kept of them: finished deliveries (their

@@ -41,6 +41,10 @@ use crate::facade::{Runtime, RuntimeError};
 const BATCH_ROWS: usize = 4096;
 /// Rows read before the columns are planned (types are inferred from them).
 const SAMPLE_ROWS: usize = 1000;
+/// At most this much text is held for type inference (rows may be large).
+const SAMPLE_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Imports running at once; later ones wait as `queued`.
+const RUNNING_IMPORTS: usize = 2;
 /// Batches being logged while the next is parsed.
 const IN_FLIGHT: usize = 4;
 /// Bytes the dialect is sniffed from.
@@ -188,6 +192,9 @@ pub(crate) struct JobHandle {
 #[derive(Default)]
 pub(crate) struct ImportRegistry {
     pub(crate) jobs: Mutex<HashMap<Uuid, Arc<JobHandle>>>,
+    /// Imports running now (at most [`RUNNING_IMPORTS`]).
+    running: Mutex<usize>,
+    slot_freed: std::sync::Condvar,
 }
 
 /// The folder of one job: `upload.csv` (deleted once the job ends) and
@@ -366,25 +373,32 @@ impl Runtime {
     }
 
     /// Marks jobs a previous process left running as failed.
-    pub(crate) fn fail_interrupted_imports(&self) -> Result<(), RuntimeError> {
+    pub(crate) fn fail_interrupted_imports(&self, orgs: &[Uuid]) -> Result<(), RuntimeError> {
         let mut writes = Vec::new();
-        crate::catalog::scan_all(&**self.store(), b"t/", &mut |k, v| {
-            if !k.windows(5).any(|w| w == b"/imp/") {
-                return Ok(());
-            }
-            if let Ok(mut job) = serde_json::from_slice::<ImportJob>(v)
-                && !job.status.is_finished()
-            {
-                job.status = ImportStatus::Failed;
-                job.error = Some(format!(
-                    "interrupted by a restart after {} rows; import the file again (rows are upserted, none is doubled)",
-                    job.rows_imported
-                ));
-                job.finished_at = Some(now().to_rfc3339());
-                writes.push(StateWrite::Put(k.to_vec(), encode(&job)));
-            }
-            Ok(())
-        })?;
+        for org in orgs {
+            crate::catalog::scan_all(
+                &**self.store(),
+                format!("t/{org}/imp/").as_bytes(),
+                &mut |k, v| {
+                    if let Ok(mut job) = serde_json::from_slice::<ImportJob>(v)
+                        && !job.status.is_finished()
+                    {
+                        job.status = ImportStatus::Failed;
+                        job.error = Some(format!(
+                            "interrupted by a restart after {} rows; import the file again (rows are upserted, none is doubled)",
+                            job.rows_imported
+                        ));
+                        job.finished_at = Some(now().to_rfc3339());
+                        writes.push(StateWrite::Put(k.to_vec(), encode(&job)));
+                        // The spooled upload is of no use now (it may be large).
+                        let _ = std::fs::remove_file(
+                            job_dir(self.import_dir(), job.id).join("upload.csv"),
+                        );
+                    }
+                    Ok(())
+                },
+            )?;
+        }
         if !writes.is_empty() {
             self.store().commit(writes, true)?;
         }
@@ -398,12 +412,35 @@ impl Runtime {
         hints: DialectHints,
         options: ImportOptions,
     ) {
+        // Wait for a slot: imports share the shards with live ingest.
+        {
+            let registry = self.imports();
+            let mut running = registry.running.lock().unwrap_or_else(|p| p.into_inner());
+            while *running >= RUNNING_IMPORTS && !handle.cancel.load(Ordering::Acquire) {
+                running = registry
+                    .slot_freed
+                    .wait_timeout(running, Duration::from_millis(200))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            *running += 1;
+        }
         let started = Instant::now();
         update(&handle, |j| {
             j.status = ImportStatus::Running;
             j.started_at = Some(now().to_rfc3339());
         });
-        let outcome = self.import_file(&handle, &path, hints, &options, started);
+        let outcome = if handle.cancel.load(Ordering::Acquire) {
+            Ok(false)
+        } else {
+            self.import_file(&handle, &path, hints, &options, started)
+        };
+        {
+            let registry = self.imports();
+            let mut running = registry.running.lock().unwrap_or_else(|p| p.into_inner());
+            *running -= 1;
+            registry.slot_freed.notify_one();
+        }
         let job = update(&handle, |j| {
             match &outcome {
                 Ok(true) => j.status = ImportStatus::Completed,
@@ -443,6 +480,12 @@ impl Runtime {
         ) {
             tracing::error!(job = %job.id, error = %e, "the import's audit entry was not written");
         }
+        // The persisted record is the job from now on.
+        self.imports()
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
         metrics::counter!("xeno_import_rows_total", "outcome" => "imported")
             .increment(job.rows_imported);
         metrics::counter!("xeno_import_rows_total", "outcome" => "failed")
@@ -496,13 +539,17 @@ impl Runtime {
         let mut buffered: Vec<Result<RowBuf, RowIssue>> = Vec::new();
         let mut row = RowBuf::default();
         let mut at_end = false;
-        while buffered.len() < SAMPLE_ROWS {
+        let mut sampled_bytes = 0usize;
+        while buffered.len() < SAMPLE_ROWS && sampled_bytes < SAMPLE_MAX_BYTES {
             match rows.next_row(&mut row) {
                 None => {
                     at_end = true;
                     break;
                 }
-                Some(Ok(())) => buffered.push(Ok(row.clone())),
+                Some(Ok(())) => {
+                    sampled_bytes += row.iter().map(str::len).sum::<usize>();
+                    buffered.push(Ok(row.clone()));
+                }
                 Some(Err(issue)) => buffered.push(Err(issue)),
             }
         }
@@ -543,7 +590,24 @@ impl Runtime {
         update(handle, |j| {
             j.columns = serde_json::to_value(&plan.columns).ok()
         });
-        let by_email = match plan.upsert_by {
+        // Every partition gets the planned types before the first row: left
+        // to infer, partitions could disagree (a text column whose first
+        // value looks like a date) and drop values without a report.
+        let planned: Vec<(String, AttrType)> = plan
+            .columns
+            .iter()
+            .filter_map(|c| c.target.clone().map(|t| (t, c.ty)))
+            .filter(|(t, _)| t != super::mapping::ID)
+            .collect();
+        let recorded: Vec<String> = planned
+            .iter()
+            .filter(|(n, _)| self.catalog_field_type(org, n).is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.tokio()
+            .block_on(self.declare_fields(org, planned, &recorded, true, "/columns"))
+            .map_err(|e| format!("the columns' types cannot be declared: {e}"))?;
+        let mut by_email = match plan.upsert_by {
             UpsertBy::Email => self
                 .tokio()
                 .block_on(self.string_index(org, "email"))
@@ -586,11 +650,18 @@ impl Runtime {
                             RowKey::Id(id) => id,
                             // An existing customer with that email, else the
                             // file's id when it has one, else the email.
-                            RowKey::Email(email) => by_email
-                                .get(&email)
-                                .cloned()
-                                .or_else(|| row_id(&plan, row).map(str::to_string))
-                                .unwrap_or(email),
+                            RowKey::Email(email) => match by_email.get(&email) {
+                                Some(id) => id.clone(),
+                                None => {
+                                    // Later rows with this email update this
+                                    // customer (and count as repeats).
+                                    let id = row_id(&plan, row)
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| email.clone());
+                                    by_email.insert(email, id.clone());
+                                    id
+                                }
+                            },
                         };
                         let hash = xxhash_rust::xxh3::xxh3_64(customer.as_bytes());
                         let repeat = state.seen.entry(hash).or_insert(0);
@@ -633,7 +704,8 @@ impl Runtime {
                 Err(issue) => handle_row(&mut state, &mut report, Err(issue)),
             }
             if state.batch.len() >= BATCH_ROWS {
-                self.send_batch(handle, &mut state, &mut report)?;
+                self.send_batch(handle, &mut state, &mut report)
+                    .map_err(|e| self.fail(handle, &mut state, &mut report, e))?;
             }
         }
         while !at_end {
@@ -646,7 +718,8 @@ impl Runtime {
                 Some(Err(issue)) => handle_row(&mut state, &mut report, Err(issue)),
             }
             if state.batch.len() >= BATCH_ROWS || (at_end && !state.batch.is_empty()) {
-                self.send_batch(handle, &mut state, &mut report)?;
+                self.send_batch(handle, &mut state, &mut report)
+                    .map_err(|e| self.fail(handle, &mut state, &mut report, e))?;
                 update(handle, |j| {
                     j.bytes_read = rows.bytes_read().min(j.bytes_total.max(rows.bytes_read()));
                     j.rows_read = state.rows_read;
@@ -663,14 +736,14 @@ impl Runtime {
             }
         }
         if !state.batch.is_empty() {
-            self.send_batch(handle, &mut state, &mut report)?;
+            self.send_batch(handle, &mut state, &mut report)
+                .map_err(|e| self.fail(handle, &mut state, &mut report, e))?;
         }
-        self.settle_all(&mut state, &mut report)?;
+        self.settle_all(&mut state, &mut report)
+            .map_err(|e| self.fail(handle, &mut state, &mut report, e))?;
         if let Some(failure) = rows.failure() {
-            return Err(format!(
-                "reading stopped after {} rows: {failure}",
-                state.rows_read
-            ));
+            let reason = format!("reading stopped after {} rows: {failure}", state.rows_read);
+            return Err(self.fail(handle, &mut state, &mut report, reason));
         }
         report
             .out
@@ -703,6 +776,10 @@ impl Runtime {
         let rows = std::mem::take(&mut state.batch_rows);
         let mut waited = Duration::ZERO;
         while !self.has_room(events.len() as i64) {
+            if handle.cancel.load(Ordering::Acquire) {
+                // Sent anyway: the rows read so far land, then the job stops.
+                break;
+            }
             if waited > Duration::from_secs(300) {
                 return Err(format!(
                     "stopped after {} rows: the server stayed saturated for 5 minutes",
@@ -714,14 +791,56 @@ impl Runtime {
         }
         let (runtime, org) = (self.clone(), handle.org);
         let count = events.len();
-        let pending = self
-            .tokio()
-            .spawn(async move { runtime.ingest(org, events, now()).await });
+        // Busy answers (another writer took the room) are retried with the
+        // same events, which ingest gives back: row-derived messageIds make a
+        // retry land once anyway.
+        let pending = self.tokio().spawn(async move {
+            let mut events = events;
+            let mut retries = 0u32;
+            loop {
+                let mut back = Vec::new();
+                match runtime
+                    .ingest_or_give_back(org, events, now(), &mut back)
+                    .await
+                {
+                    Err(RuntimeError::Busy { .. }) if retries < 6000 && !back.is_empty() => {
+                        retries += 1;
+                        events = back;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => return other,
+                }
+            }
+        });
         state.in_flight.push_back((pending, rows, count));
         while state.in_flight.len() >= IN_FLIGHT {
             self.settle_oldest(state, report)?;
         }
         Ok(())
+    }
+
+    /// On a failure: waits for the batches already handed off (they land
+    /// anyway) so the counters say what landed, records them, and answers
+    /// the reason.
+    fn fail(
+        &self,
+        handle: &JobHandle,
+        state: &mut Progress,
+        report: &mut Report,
+        reason: String,
+    ) -> String {
+        while !state.in_flight.is_empty() {
+            // A later batch's failure is the same story; the first reason stands.
+            let _ = self.settle_oldest(state, report);
+        }
+        let _ = report.out.flush();
+        update(handle, |j| {
+            j.rows_read = state.rows_read;
+            j.rows_imported = state.imported;
+            j.rows_failed = state.failed;
+            j.duplicates = state.duplicates;
+        });
+        reason
     }
 
     /// Waits for every batch handed off to be durable.

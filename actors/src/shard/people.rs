@@ -7,6 +7,7 @@ use super::*;
 use xeno_engine::model::FieldDef;
 use xeno_engine::shard::{CustomerQuery, FieldTypeCheck, FieldTypeError, ListPosition};
 
+use crate::catalog::Suppression;
 use crate::record::ERASED;
 
 /// One page of this partition's customers of `org` in the query's order.
@@ -74,6 +75,8 @@ pub struct StringValues {
 pub struct EraseCustomers {
     pub org: Uuid,
     pub ids: Vec<String>,
+    /// End of their suppression: events received before it are erased.
+    pub until: i64,
 }
 
 impl ShardActor {
@@ -84,6 +87,11 @@ impl ShardActor {
             return 0;
         };
         let mut out = Vec::new();
+        // The tenant's clock passes the erasure, so a snapshot taken from now
+        // on tells recovery it already holds the erasure (see
+        // `erase_suppressed`).
+        let now = shard.now().max(crate::clock::now());
+        shard.advance_time(now, &mut out);
         let mut rows = Vec::new();
         for id in ids {
             if let Some(row) = shard.customer_row(id)
@@ -92,10 +100,10 @@ impl ShardActor {
                 rows.push(row);
             }
         }
+        self.deltas.extend(out.into_iter().map(|d| (org, d)));
         if rows.is_empty() {
             return 0;
         }
-        self.deltas.extend(out.into_iter().map(|d| (org, d)));
         // The exits' deliveries are built (with the ids) here; only then are
         // the ids dropped from memory.
         self.flush();
@@ -109,40 +117,70 @@ impl ShardActor {
         rows.len()
     }
 
-    /// Customers erased while a snapshot older than the erasure was the
-    /// latest: the replay skipped their events, the snapshot still had them.
-    pub(super) fn erase_suppressed(&mut self) {
+    /// Finishes erasures a stop interrupted. A profile erased after the
+    /// tenant's snapshot was taken is back in memory (the replay skipped its
+    /// events, the snapshot still had it): it is erased again. A profile
+    /// created after its suppression ended is left alone (its snapshot is
+    /// newer than the erasure). Logged events of erasures recent enough to
+    /// still be in the log are tombstoned again (an interrupted or failed
+    /// overwrite; records already overwritten are skipped).
+    pub(super) fn erase_suppressed(&mut self, snapshot_times: &HashMap<Uuid, Timestamp>) {
         let partitions = self.log.partitions();
-        for org in self.tenants.keys().copied().collect::<Vec<_>>() {
+        let horizon = crate::clock::now().0 - self.settings.log_retention_ms;
+        for org in self.catalog.org_ids() {
             if !self.catalog.has_suppressions(org) {
                 continue;
             }
-            let ids: Vec<String> = self
+            let mine: Vec<(String, Suppression)> = self
                 .catalog
-                .with_org(org, |o| o.suppressed.keys().cloned().collect::<Vec<_>>())
+                .with_org(org, |o| {
+                    o.suppressed
+                        .iter()
+                        .map(|(id, s)| (id.clone(), *s))
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|id| partition_of(org, id, partitions) == self.partition)
+                .filter(|(id, _)| partition_of(org, id, partitions) == self.partition)
                 .collect();
-            if self.erase(org, &ids) > 0 {
-                self.erase_logged_events(org, ids);
+            let snapshot_at = snapshot_times.get(&org).copied();
+            let stale: Vec<String> = mine
+                .iter()
+                .filter(|(_, s)| snapshot_at.is_some_and(|t| t.0 < s.erased_at))
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.erase(org, &stale);
+            let recent: HashMap<String, i64> = mine
+                .into_iter()
+                .filter(|(_, s)| s.erased_at > horizon)
+                .map(|(id, s)| (id, s.until))
+                .collect();
+            if !recent.is_empty() {
+                self.erase_logged_events(org, recent);
             }
         }
     }
 
-    /// Overwrites the customers' records in this partition's log with
+    /// Overwrites the records of the customers (id -> end of its
+    /// suppression) received before their suppression's end with
     /// tombstones, on a thread of its own (a scan of the retained log).
-    fn erase_logged_events(&self, org: Uuid, ids: Vec<String>) {
+    /// Records received later belong to a customer who came back after the
+    /// suppression and are kept.
+    fn erase_logged_events(&self, org: Uuid, ids: HashMap<String, i64>) {
         let (log, partition) = (self.log.clone(), self.partition);
         let spawned = std::thread::Builder::new()
             .name(format!("xeno-erase-{partition}"))
             .spawn(move || {
-                let ids: HashSet<String> = ids.into_iter().collect();
                 let mut offsets = Vec::new();
                 let scanned = read_range(&*log, partition, 0, u64::MAX, &mut |offset, record| {
-                    let named = |id: &Option<String>| id.as_ref().is_some_and(|i| ids.contains(i));
+                    let before_end = |id: &Option<String>| {
+                        id.as_ref()
+                            .and_then(|i| ids.get(i))
+                            .is_some_and(|until| record.received_at.0 < *until)
+                    };
                     if record.org == org
-                        && (named(&record.event.user_id) || named(&record.event.anonymous_id))
+                        && (before_end(&record.event.user_id)
+                            || before_end(&record.event.anonymous_id))
                     {
                         offsets.push(offset);
                     }
@@ -340,7 +378,8 @@ impl Handler<EraseCustomers> for ShardActor {
         }
         let erased = self.erase(msg.org, &msg.ids);
         // Even when no profile lives here, events of the ids may.
-        self.erase_logged_events(msg.org, msg.ids);
+        let until = msg.until;
+        self.erase_logged_events(msg.org, msg.ids.into_iter().map(|id| (id, until)).collect());
         // The previous snapshot still holds the profiles: replace it now
         // (or, while a background snapshot of the old state is being
         // written, at the next tick after it).

@@ -199,7 +199,7 @@ fn list_query(query: &ListQuery, limit: usize) -> Result<CustomerListQuery, Prob
     };
     if sort.as_deref() == Some("") {
         return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "/sort",
             "name a field to sort by",
         ));
@@ -425,7 +425,7 @@ pub async fn put_field(
     let change: FieldChange = json_body(&body)?;
     if change.ty.is_none() && change.description.is_none() {
         return Err(Problem::field(
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "",
             "give a `type`, a `description`, or both",
         ));
@@ -462,6 +462,11 @@ pub struct ExportQuery {
 fn cell(value: Option<&Value>) -> String {
     let text = match value {
         None | Some(Value::Null) => return String::new(),
+        // A text that a spreadsheet would run as a formula is quoted with `'`
+        // (values come from SDK traffic; exports are opened in Excel).
+        Some(Value::String(s)) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+            format!("'{s}")
+        }
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(items)) => items
             .iter()
@@ -599,7 +604,7 @@ pub async fn export_csv(
         .into_response())
 }
 
-#[utoipa::path(operation_id = "export_customers", get, path = "/api/v1/orgs/{org}/customers/export", tag = "customers",
+#[utoipa::path(operation_id = "export_customers", get, path = "/api/v1/orgs/{org}/exports/customers", tag = "customers",
     params(("org" = String, Path), ExportQuery),
     responses((status = 200, description = "CSV: id, attributes, computed traits, segments", content_type = "text/csv"),
         (status = 422, body = Problem, content_type = "application/problem+json")),

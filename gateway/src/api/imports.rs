@@ -86,14 +86,20 @@ pub async fn create(
         {
             match part.name() {
                 Some("options") => {
-                    let text = part
-                        .text()
+                    // Read a chunk at a time: the size is checked before a
+                    // large part is held in memory.
+                    let mut text = Vec::new();
+                    while let Some(chunk) = part
+                        .chunk()
                         .await
-                        .map_err(|e| bad("/options", &format!("unreadable: {e}")))?;
-                    if text.len() > 64 * 1024 {
-                        return Err(bad("/options", "the options are larger than 64 KiB"));
+                        .map_err(|e| bad("/options", &format!("unreadable: {e}")))?
+                    {
+                        text.extend_from_slice(&chunk);
+                        if text.len() > 64 * 1024 {
+                            return Err(bad("/options", "the options are larger than 64 KiB"));
+                        }
                     }
-                    let parsed: ImportOptions = serde_json::from_str(&text)
+                    let parsed: ImportOptions = serde_json::from_slice(&text)
                         .map_err(|e| bad("/options", &format!("not valid import options: {e}")))?;
                     parsed.hints().map_err(Problem::from)?;
                     options = Some(parsed);

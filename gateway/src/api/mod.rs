@@ -54,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/segments/{id}/members", get(segments::members))
         .route("/customers", get(customers::list).post(customers::create))
-        .route("/customers/export", get(customers::export))
+        .route("/exports/customers", get(customers::export))
         .route(
             "/customers/{id}",
             get(customers::get)

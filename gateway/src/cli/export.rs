@@ -59,7 +59,7 @@ fn export_url(client: &ApiClient, args: &ExportArgs) -> reqwest::Url {
     if let Some(segment) = &args.segment {
         return client.org_url(&["segments", segment, "export"]);
     }
-    let mut url = client.org_url(&["customers", "export"]);
+    let mut url = client.org_url(&["exports", "customers"]);
     {
         let mut query = url.query_pairs_mut();
         if let Some(filter) = &args.filter {
@@ -195,12 +195,12 @@ mod tests {
                 "--search",
                 "anne"
             ]),
-            "http://127.0.0.1:8080/api/v1/orgs/acme/customers/export\
+            "http://127.0.0.1:8080/api/v1/orgs/acme/exports/customers\
              ?filter=total_spend+%3E+100+%26+country+%3D+%22FR%22&q=anne"
         );
         assert_eq!(
             url(&[]),
-            "http://127.0.0.1:8080/api/v1/orgs/acme/customers/export"
+            "http://127.0.0.1:8080/api/v1/orgs/acme/exports/customers"
         );
     }
 
