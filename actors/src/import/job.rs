@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::BuildHasherDefault;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -615,9 +616,11 @@ impl Runtime {
             UpsertBy::Id => HashMap::new(),
         };
 
+        // Row-derived messageIds: a batch retried lands once.
+        let id_prefix = format!("import-{}-", job_id.simple());
         let mut state = Progress {
             base: now().0,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             batch: Vec::with_capacity(BATCH_ROWS),
             batch_rows: Vec::with_capacity(BATCH_ROWS),
             in_flight: std::collections::VecDeque::new(),
@@ -670,8 +673,11 @@ impl Runtime {
                         }
                         let at = Timestamp(state.base + i64::from(*repeat));
                         *repeat += 1;
+                        let mut message_id = String::with_capacity(id_prefix.len() + 12);
+                        message_id.push_str(&id_prefix);
+                        push_decimal(&mut message_id, row.number());
                         let event = Event::identify(
-                            format!("import-{job_id}-{}", row.number()),
+                            message_id,
                             customer,
                             at,
                             Json::Object(std::mem::take(&mut traits)),
@@ -891,7 +897,8 @@ type InFlight = (PendingBatch, Vec<(u64, u64)>, usize);
 struct Progress {
     /// Event time of every row (repeats of a customer get +1 ms each).
     base: i64,
-    seen: HashMap<u64, u32>,
+    /// Customers seen in the file (by a hash of their id) and how often.
+    seen: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
     batch: Vec<Event>,
     batch_rows: Vec<(u64, u64)>,
     /// Batches handed to ingest, oldest first, not yet known durable.
@@ -901,6 +908,42 @@ struct Progress {
     failed: u64,
     duplicates: u64,
     last_persist: Instant,
+}
+
+/// The keys of `Progress::seen` are xxh3 hashes already: hashing them again
+/// (SipHash) was a measurable part of the import thread.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Appends a row number in decimal, without the formatting machinery.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|d| char::from(*d)));
 }
 
 fn rate(rows: u64, started: Instant) -> f64 {
