@@ -1435,6 +1435,35 @@ impl Runtime {
     ) -> Result<Page<String>, RuntimeError> {
         self.require_org(org)?;
         let record = self.segment_record(org, id)?;
+        let engine_id = record.engine_id;
+        self.page_by_partition(cursor, limit, |shard, after, want| async move {
+            let (_, page) = shard
+                .send(Members {
+                    org,
+                    engine_id,
+                    after,
+                    limit: want,
+                })
+                .await?;
+            Ok(page)
+        })
+        .await
+    }
+
+    /// A page of a list kept per partition in dense-id order (segment
+    /// members): partitions in turn, the cursor being (partition, last dense
+    /// id). `fetch(shard, after, want)` answers up to `want` (dense id, item)
+    /// of one partition's shard after `after`.
+    pub(crate) async fn page_by_partition<T, F, Fut>(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        mut fetch: F,
+    ) -> Result<Page<T>, RuntimeError>
+    where
+        F: FnMut(Addr<ShardActor>, Option<u32>, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(u32, T)>, RuntimeError>>,
+    {
         let (mut partition, mut after) = match cursor {
             Some(c) => {
                 decode_cursor(c).ok_or_else(|| invalid("/cursor", "not a cursor of this list"))?
@@ -1445,17 +1474,11 @@ impl Runtime {
         let mut next_cursor = None;
         while (partition as usize) < self.inner.shards.len() {
             let want = limit - items.len();
-            let (_, page) = self.inner.shards[partition as usize]
-                .send(Members {
-                    org,
-                    engine_id: record.engine_id,
-                    after,
-                    limit: want,
-                })
-                .await?;
+            let shard = self.inner.shards[partition as usize].clone();
+            let page = fetch(shard, after, want).await?;
             let full = page.len() == want;
             let last = page.last().map(|(row, _)| *row);
-            items.extend(page.into_iter().map(|(_, id)| id));
+            items.extend(page.into_iter().map(|(_, item)| item));
             if full {
                 next_cursor = last.map(|row| encode_cursor(partition, row));
                 break;

@@ -285,37 +285,22 @@ impl Runtime {
     ) -> Result<Page<CustomerInfo>, RuntimeError> {
         self.require_org(org)?;
         let record = self.segment_record(org, id)?;
-        let (mut partition, mut after) = match cursor {
-            Some(c) => {
-                decode_cursor(c).ok_or_else(|| invalid("/cursor", "not a cursor of this list"))?
-            }
-            None => (0, None),
-        };
-        let mut data = Vec::new();
-        let mut next_cursor = None;
-        while (partition as usize) < self.inner.shards.len() {
-            let want = limit - data.len();
-            let page = self.inner.shards[partition as usize]
-                .send(MembersData {
-                    org,
-                    engine_id: record.engine_id,
-                    after,
-                    limit: want,
-                })
-                .await?;
-            let full = page.len() == want;
-            let last = page.last().map(|(row, _)| *row);
-            data.extend(page.into_iter().map(|(_, d)| d));
-            if full {
-                next_cursor = last.map(|row| encode_cursor(partition, row));
-                break;
-            }
-            partition += 1;
-            after = None;
-        }
+        let engine_id = record.engine_id;
+        let page = self
+            .page_by_partition(cursor, limit, |shard, after, want| async move {
+                Ok(shard
+                    .send(MembersData {
+                        org,
+                        engine_id,
+                        after,
+                        limit: want,
+                    })
+                    .await?)
+            })
+            .await?;
         Ok(Page {
-            items: self.customer_infos(org, data),
-            next_cursor,
+            items: self.customer_infos(org, page.items),
+            next_cursor: page.next_cursor,
         })
     }
 
