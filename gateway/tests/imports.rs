@@ -332,6 +332,17 @@ fn bad_files_get_a_clear_result_and_valid_rows_still_land() {
         reply.json()["errors"][0]["pointer"],
         json!("/options/delimiter")
     );
+    let (content_type, body) = multipart(
+        Some(&json!({"mapping": {"Spend": "total_spend"}})),
+        b"id,Spend\n1,2\n",
+    );
+    let reply = server.admin_post_bytes("/imports", &content_type, &body);
+    assert_eq!(
+        reply.status, 422,
+        "a computed trait is no target: {}",
+        reply.body
+    );
+    assert!(reply.body.contains("lifetime_spend"), "{}", reply.body);
     let reply = server.admin_post_bytes("/imports", "text/csv", b"id\n1\n");
     assert_eq!(reply.status, 400, "not multipart: {}", reply.body);
     let (content_type, body) = multipart(Some(&json!({"mapping": {}})), b"");

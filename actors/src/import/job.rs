@@ -122,6 +122,20 @@ fn one_byte(text: &str, pointer: &str) -> Result<u8, RuntimeError> {
 impl ImportOptions {
     /// Checks what can be checked before the file is read.
     pub fn hints(&self) -> Result<DialectHints, RuntimeError> {
+        // A computed trait as a target is refused now, not after the upload.
+        let computed = xeno_engine::traits::ComputedTraitDef::builtins();
+        for (column, target) in &self.mapping {
+            if let Some(target) = target
+                && computed.iter().any(|c| c.name == *target)
+            {
+                return Err(RuntimeError::Invalid {
+                    pointer: format!("/options/mapping/{column}"),
+                    reason: format!(
+                        "`{target}` is computed from Order Completed events; import it as an attribute such as `lifetime_spend`, or send orders"
+                    ),
+                });
+            }
+        }
         Ok(DialectHints {
             delimiter: self
                 .delimiter
