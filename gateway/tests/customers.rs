@@ -418,6 +418,21 @@ fn exports_stream_segment_members_and_filtered_lists_as_csv() {
         "header and 10 rows: {}",
         filtered.body
     );
+    let many = server.admin_get("/exports/customers?filter=score%20%3E%3D%201000");
+    assert_eq!(many.status, 200, "{}", many.body);
+    let mut exported: Vec<&str> = many
+        .body
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    exported.sort_unstable();
+    exported.dedup();
+    assert_eq!(
+        exported.len(),
+        1500,
+        "every match once, across pages and partitions"
+    );
     let bad = server.admin_get("/exports/customers?filter=score%20%3C");
     assert_eq!(
         bad.status, 422,
@@ -430,7 +445,7 @@ fn exports_stream_segment_members_and_filtered_lists_as_csv() {
     let entries = audit["items"].as_array().unwrap();
     assert_eq!(
         entries.len(),
-        2,
+        3,
         "each export is in the activity feed: {audit}"
     );
     assert_eq!(

@@ -7,8 +7,8 @@
 use super::*;
 use crate::catalog::{Suppression, field_description_key, suppression_key};
 use crate::shard::{
-    ChangeFieldType, CheckFieldType, CustomerData, EraseCustomers, GetSchema, MembersData,
-    QueryCustomers, StringValues,
+    ChangeFieldType, CheckFieldType, CustomerData, EraseCustomers, GetSchema, MatchingData,
+    MembersData, QueryCustomers, StringValues,
 };
 use std::collections::BTreeMap;
 use xeno_engine::model::{AttrValue, FieldOrigin};
@@ -79,6 +79,21 @@ fn customer_info(data: CustomerData, org: &crate::catalog::OrgState) -> Customer
         attributes: data.attributes,
         computed: data.computed,
         segments,
+    }
+}
+
+/// A refused listing or export query, pointing at the query parameter.
+fn filter_error(e: SegmentError) -> RuntimeError {
+    match e {
+        SegmentError::Rule(e) => {
+            let mut e = rule_invalid(e);
+            if let RuntimeError::Invalid { pointer, .. } = &mut e {
+                *pointer = pointer.replacen("/rule", "/filter", 1);
+            }
+            e
+        }
+        SegmentError::UnknownSortField(_) => invalid("/sort", e.to_string()),
+        other => segment_error(other),
     }
 }
 
@@ -248,17 +263,7 @@ impl Runtime {
                     limit: query.limit + 1,
                 })
                 .await?
-                .map_err(|e| match e {
-                    SegmentError::Rule(e) => {
-                        let mut e = rule_invalid(e);
-                        if let RuntimeError::Invalid { pointer, .. } = &mut e {
-                            *pointer = pointer.replacen("/rule", "/filter", 1);
-                        }
-                        e
-                    }
-                    SegmentError::UnknownSortField(_) => invalid("/sort", e.to_string()),
-                    other => segment_error(other),
-                })?;
+                .map_err(filter_error)?;
             rows.extend(page);
         }
         rows.sort_by(|a, b| a.0.cmp_in(&b.0, query.descending));
@@ -296,6 +301,45 @@ impl Runtime {
                         limit: want,
                     })
                     .await?)
+            })
+            .await?;
+        Ok(Page {
+            items: self.customer_infos(org, page.items),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Customers matching `filter` and `search`, `limit` at a time, one
+    /// partition after the other in dense-id order: what an export of a
+    /// filtered list reads (each customer is looked at once over all pages;
+    /// [`Self::list_customers`] sorts, and looks at all of them per page).
+    pub async fn matching_data(
+        &self,
+        org: Uuid,
+        filter: Option<Rule>,
+        search: Option<String>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<CustomerInfo>, RuntimeError> {
+        self.require_org(org)?;
+        if let Some(rule) = &filter {
+            self.ensure_fields(org, rule, false).await?;
+        }
+        let page = self
+            .page_by_partition(cursor, limit, |shard, after, want| {
+                let (filter, search) = (filter.clone(), search.clone());
+                async move {
+                    shard
+                        .send(MatchingData {
+                            org,
+                            filter,
+                            search,
+                            after,
+                            limit: want,
+                        })
+                        .await?
+                        .map_err(filter_error)
+                }
             })
             .await?;
         Ok(Page {

@@ -33,6 +33,18 @@ pub struct MembersData {
     pub limit: usize,
 }
 
+/// Customers matching a filter and a search with their data, in dense-id
+/// order after `after` (exports of a filtered list).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(u32, CustomerData)>, SegmentError>")]
+pub struct MatchingData {
+    pub org: Uuid,
+    pub filter: Option<Rule>,
+    pub search: Option<String>,
+    pub after: Option<u32>,
+    pub limit: usize,
+}
+
 /// The attribute fields this partition's shard of `org` knows.
 #[derive(Message)]
 #[rtype(result = "Vec<FieldDef>")]
@@ -301,6 +313,37 @@ impl Handler<MembersData> for ShardActor {
                 .take(msg.limit)
                 .collect(),
         )
+    }
+}
+
+impl Handler<MatchingData> for ShardActor {
+    type Result = MessageResult<MatchingData>;
+
+    fn handle(&mut self, msg: MatchingData, _: &mut Self::Context) -> Self::Result {
+        let Some(shard) = self.tenants.get(&msg.org) else {
+            return MessageResult(Ok(Vec::new()));
+        };
+        let history = self.history(msg.org);
+        let rows = catch_unwind(AssertUnwindSafe(|| {
+            shard.matching_rows(
+                msg.filter.as_ref(),
+                msg.search.as_deref(),
+                msg.after,
+                msg.limit,
+                &history,
+            )
+        }));
+        MessageResult(match rows {
+            Ok(Ok(rows)) => Ok(rows
+                .into_iter()
+                .filter_map(|row| {
+                    let id = shard.customer_id(row)?;
+                    Some((row, customer_data(shard, id)?))
+                })
+                .collect()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(engine_failed()),
+        })
     }
 }
 

@@ -394,6 +394,51 @@ impl Shard {
             .collect())
     }
 
+    /// Up to `limit` live customers matching `filter` and `search`, in dense
+    /// id order, after row `after`: an export walks every match this way, each
+    /// row evaluated once over all pages (a sorted [`Self::query_customers`]
+    /// page looks at every customer).
+    pub fn matching_rows(
+        &self,
+        filter: Option<&Rule>,
+        search: Option<&str>,
+        after: Option<u32>,
+        limit: usize,
+        history: &dyn EventHistory,
+    ) -> Result<Vec<u32>, SegmentError> {
+        let filter = filter
+            .map(|rule| self.compile_adhoc(rule, history))
+            .transpose()?;
+        let search = search
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+            .map(|text| Search::new(text, &self.state));
+        let ctx = filter
+            .as_ref()
+            .map(|(_, extra)| self.state.ctx(Some(extra)));
+        let first = after.map_or(1, |a| a.saturating_add(1)).max(1);
+        let mut rows = Vec::with_capacity(limit.min(1 << 12));
+        for row in first..self.state.rows() as u32 {
+            if rows.len() >= limit {
+                break;
+            }
+            if self.state.removed.contains(row) {
+                continue;
+            }
+            if let (Some((compiled, _)), Some(ctx)) = (&filter, &ctx)
+                && !compiled.evaluate(ctx, row, self.now).0
+            {
+                continue;
+            }
+            let id = &*self.state.external_ids[row as usize];
+            if search.as_ref().is_some_and(|s| !s.matches(id, row)) {
+                continue;
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
     /// Every live customer's value of string attribute `field`, with the
     /// customer's external id, in row order; empty when there is no such
     /// attribute or it is not a string (an importer indexes customers by
@@ -810,6 +855,56 @@ mod tests {
             assert_eq!(narrowed, expected, "{text}");
         }
         assert!(f.ids(all()).iter().all(|id| id != "u002"));
+    }
+
+    #[test]
+    fn matching_rows_page_through_what_the_listing_finds() {
+        let mut f = mixed(50);
+        f.order("u010", 20.0);
+        f.shard.remove_customer("u003", &mut Vec::new());
+        for (text, search) in [
+            ("spend > 2", None),
+            (r#"city = "Pune" or vip = true"#, Some("U0")),
+            ("performed \"Order Completed\" where revenue >= 10", None),
+        ] {
+            let rule = dsl::parse(text).unwrap();
+            let mut listed: Vec<u32> = f
+                .list(CustomerQuery {
+                    filter: Some(&rule),
+                    search,
+                    ..all()
+                })
+                .iter()
+                .map(|c| c.row)
+                .collect();
+            listed.sort_unstable();
+            assert!(!listed.is_empty(), "{text}");
+            for page in [1, 3, 1000] {
+                let mut walked: Vec<u32> = Vec::new();
+                let mut after = None;
+                loop {
+                    let rows = f
+                        .shard
+                        .matching_rows(Some(&rule), search, after, page, &f.history)
+                        .unwrap();
+                    walked.extend(&rows);
+                    if rows.len() < page {
+                        break;
+                    }
+                    after = rows.last().copied();
+                }
+                assert_eq!(walked, listed, "{text}, pages of {page}");
+            }
+        }
+        let everyone = f
+            .shard
+            .matching_rows(None, None, None, usize::MAX, &f.history)
+            .unwrap();
+        assert_eq!(
+            everyone.len(),
+            f.shard.customer_count(),
+            "no filter: all but the removed"
+        );
     }
 
     #[test]

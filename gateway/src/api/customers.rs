@@ -502,10 +502,15 @@ async fn export_page(
     const PAGE: usize = 1000;
     Ok(match source {
         ExportSource::Customers(query) => {
-            let mut query = query.clone();
-            query.cursor = cursor;
-            query.limit = PAGE;
-            runtime.list_customers(org, query).await?
+            runtime
+                .matching_data(
+                    org,
+                    query.filter.clone(),
+                    query.search.clone(),
+                    cursor.as_deref(),
+                    PAGE,
+                )
+                .await?
         }
         ExportSource::Segment(id) => {
             runtime
