@@ -737,11 +737,15 @@ impl Runtime {
                 Some(Ok(())) => handle_row(&mut state, &mut report, Ok(&row)),
                 Some(Err(issue)) => handle_row(&mut state, &mut report, Err(issue)),
             }
-            if state.batch.len() >= BATCH_ROWS || (at_end && !state.batch.is_empty()) {
+            let send = state.batch.len() >= BATCH_ROWS || (at_end && !state.batch.is_empty());
+            if send {
                 self.send_batch(handle, &mut state, &mut report)
                     .map_err(|e| self.fail(handle, &mut state, &mut report, e))?;
+            }
+            // Progress also moves through a stretch of bad rows.
+            if send || state.rows_read.is_multiple_of(BATCH_ROWS as u64) {
                 update(handle, |j| {
-                    j.bytes_read = rows.bytes_read().min(j.bytes_total.max(rows.bytes_read()));
+                    j.bytes_read = rows.bytes_read().min(j.bytes_total);
                     j.rows_read = state.rows_read;
                     j.rows_imported = state.imported;
                     j.rows_failed = state.failed;
