@@ -14,7 +14,7 @@
 //! t/{org}/field/{name}        -> AttrType           (types segments rely on, declared on every shard)
 //! t/{org}/alias/{id}          -> the customer id `id` was merged into
 //! t/{org}/fdesc/{name}        -> a field's description
-//! t/{org}/sup/{id}            -> Suppression        (an erased customer id; ingest refused until then)
+//! t/{org}/sup/{sha256(org, id)} -> Suppression      (an erased customer id, hashed; refused until then)
 //! t/{org}/imp/{job}           -> ImportRecord       (CSV import jobs)
 //! t/{org}/audit/{uuidv7}      -> AuditEntry         (the activity feed)
 //! t/{org}/epoch               -> endpoint epoch     (see OrgState::endpoint_epoch)
@@ -76,11 +76,26 @@ pub struct SegmentRecord {
 
 /// A customer id erased by a right-to-be-forgotten request: events for it
 /// are refused until `until` (ms), and events logged before `until` are never
-/// applied again.
+/// applied again. The id itself is kept only as a hash (see
+/// [`suppression_hash`]): the list must not remember whom it forgot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suppression {
     pub erased_at: i64,
     pub until: i64,
+    /// The log partition of the id (a hash cannot be partitioned).
+    pub partition: u32,
+}
+
+/// How an erased id is remembered: SHA-256 of the organization and the id.
+pub fn suppression_hash(org: Uuid, id: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(org.as_bytes());
+    digest.update(id.as_bytes());
+    digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The membership transitions an endpoint can subscribe to.
@@ -160,8 +175,9 @@ pub fn alias_key(org: Uuid, from: &str) -> Vec<u8> {
 pub fn field_description_key(org: Uuid, name: &str) -> Vec<u8> {
     format!("t/{org}/fdesc/{name}").into_bytes()
 }
-pub fn suppression_key(org: Uuid, id: &str) -> Vec<u8> {
-    format!("t/{org}/sup/{id}").into_bytes()
+/// The key of a suppression, by [`suppression_hash`].
+pub fn suppression_key(org: Uuid, hash: &str) -> Vec<u8> {
+    format!("t/{org}/sup/{hash}").into_bytes()
 }
 pub fn import_key(org: Uuid, job: Uuid) -> Vec<u8> {
     format!("t/{org}/imp/{job}").into_bytes()
@@ -191,7 +207,7 @@ pub struct OrgState {
     pub aliases: HashMap<String, String>,
     /// Descriptions of fields, by name.
     pub descriptions: HashMap<String, String>,
-    /// Erased customer ids (see [`Suppression`]).
+    /// Erased customer ids, by [`suppression_hash`] (see [`Suppression`]).
     pub suppressed: HashMap<String, Suppression>,
     /// Bumped whenever the organization gets its first webhook endpoint:
     /// last-transition markers are kept per epoch, so markers left from a
@@ -319,8 +335,8 @@ impl Catalog {
             let suppression_prefix = format!("t/{id}/sup/");
             scan_all(store, suppression_prefix.as_bytes(), &mut |k, v| {
                 let record: Suppression = decode(k, v)?;
-                let customer = String::from_utf8_lossy(&k[suppression_prefix.len()..]).into_owned();
-                org.suppressed.insert(customer, record);
+                let hash = String::from_utf8_lossy(&k[suppression_prefix.len()..]).into_owned();
+                org.suppressed.insert(hash, record);
                 Ok(())
             })?;
             // Chains (a merged into b, b later into c) resolve to their root;
@@ -470,24 +486,27 @@ impl Catalog {
     /// The suppression of an erased customer id, if any (expired ones too:
     /// events logged before `until` stay unapplied).
     pub fn suppression(&self, org: Uuid, customer: &str) -> Option<Suppression> {
-        self.read(|s| s.orgs.get(&org)?.suppressed.get(customer).copied())
+        let hash = suppression_hash(org, customer);
+        self.read(|s| s.orgs.get(&org)?.suppressed.get(&hash).copied())
     }
 
-    pub fn put_suppressions(&self, org: Uuid, ids: &[String], record: Suppression) {
+    /// Records suppressions, by [`suppression_hash`].
+    pub fn put_suppressions(&self, org: Uuid, suppressions: &[(String, Suppression)]) {
         self.write(|s| {
             if let Some(o) = s.orgs.get_mut(&org) {
-                for id in ids {
-                    o.suppressed.insert(id.clone(), record);
+                for (hash, record) in suppressions {
+                    o.suppressed.insert(hash.clone(), *record);
                 }
             }
         })
     }
 
-    pub fn remove_suppressions(&self, org: Uuid, ids: &[String]) {
+    /// Forgets suppressions, by [`suppression_hash`].
+    pub fn remove_suppressions(&self, org: Uuid, hashes: &[String]) {
         self.write(|s| {
             if let Some(o) = s.orgs.get_mut(&org) {
-                for id in ids {
-                    o.suppressed.remove(id);
+                for hash in hashes {
+                    o.suppressed.remove(hash);
                 }
             }
         })

@@ -834,6 +834,11 @@ impl Shard {
             .filter(|s| !s.is_empty())
     }
 
+    /// The external ids of every live customer, in no particular order.
+    pub fn customer_ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.state.customers.keys().map(|id| &**id)
+    }
+
     /// The dense id of an external id.
     pub fn customer_row(&self, external_id: &str) -> Option<u32> {
         self.state.customers.get(external_id).copied()

@@ -5,7 +5,7 @@
 //! with their data for exports.
 
 use super::*;
-use crate::catalog::{Suppression, field_description_key, suppression_key};
+use crate::catalog::{Suppression, field_description_key, suppression_hash, suppression_key};
 use crate::shard::{
     ChangeFieldType, CheckFieldType, CustomerData, EraseCustomers, GetSchema, MatchingData,
     MembersData, QueryCustomers, StringValues,
@@ -559,32 +559,39 @@ impl Runtime {
         let mut ids = vec![root.clone()];
         ids.extend(merged.iter().cloned());
         let erased_at = now().0;
-        let record = repeat.unwrap_or(Suppression {
-            erased_at,
-            until: erased_at.saturating_add(suppression.millis()),
-        });
+        let partitions = self.inner.shards.len() as u32;
+        let (erased_at, until) = match repeat {
+            Some(r) => (r.erased_at, r.until),
+            None => (erased_at, erased_at.saturating_add(suppression.millis())),
+        };
+        let suppressions: Vec<(String, Suppression)> = ids
+            .iter()
+            .map(|i| {
+                let record = Suppression {
+                    erased_at,
+                    until,
+                    partition: partition_of(org, i, partitions),
+                };
+                (suppression_hash(org, i), record)
+            })
+            .collect();
         // Durable first: from here on no shard applies these ids' events,
         // and a restart finishes the erasure.
-        let mut writes: Vec<StateWrite> = ids
+        let mut writes: Vec<StateWrite> = suppressions
             .iter()
-            .map(|i| StateWrite::Put(suppression_key(org, i), encode(&record)))
+            .map(|(hash, record)| StateWrite::Put(suppression_key(org, hash), encode(record)))
             .collect();
         writes.extend(merged.iter().map(|m| StateWrite::Delete(alias_key(org, m))));
-        let (store, catalog, recorded) = (
-            self.inner.ports.store.clone(),
-            self.inner.catalog.clone(),
-            ids.clone(),
-        );
+        let (store, catalog) = (self.inner.ports.store.clone(), self.inner.catalog.clone());
         let merged_ids = merged.clone();
         tokio::task::spawn_blocking(move || {
             store.commit(writes, true)?;
-            catalog.put_suppressions(org, &recorded, record);
+            catalog.put_suppressions(org, &suppressions);
             catalog.remove_aliases(org, &merged_ids);
             Ok::<_, PortError>(())
         })
         .await
         .map_err(|e| RuntimeError::Internal(e.to_string()))??;
-        let partitions = self.inner.shards.len() as u32;
         let mut by_partition: HashMap<u32, Vec<String>> = HashMap::new();
         for i in &ids {
             by_partition
@@ -594,11 +601,7 @@ impl Runtime {
         }
         for (p, ids) in by_partition {
             self.inner.shards[p as usize]
-                .send(EraseCustomers {
-                    org,
-                    ids,
-                    until: record.until,
-                })
+                .send(EraseCustomers { org, ids, until })
                 .await?;
         }
         // What the webhook history kept of them: finished deliveries (their
@@ -615,7 +618,7 @@ impl Runtime {
         Ok(Erasure {
             id: root,
             erased_ids: ids,
-            suppressed_until: Timestamp(record.until).to_rfc3339(),
+            suppressed_until: Timestamp(until).to_rfc3339(),
         })
     }
 

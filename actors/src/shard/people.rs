@@ -7,7 +7,7 @@ use super::*;
 use xeno_engine::model::FieldDef;
 use xeno_engine::shard::{CustomerQuery, FieldTypeCheck, FieldTypeError, ListPosition};
 
-use crate::catalog::Suppression;
+use crate::catalog::{Suppression, suppression_hash};
 use crate::record::ERASED;
 
 /// One page of this partition's customers of `org` in the query's order.
@@ -137,7 +137,6 @@ impl ShardActor {
     /// still be in the log are tombstoned again (an interrupted or failed
     /// overwrite; records already overwritten are skipped).
     pub(super) fn erase_suppressed(&mut self, snapshot_times: &HashMap<Uuid, Timestamp>) {
-        let partitions = self.log.partitions();
         let horizon = crate::clock::now().0 - self.settings.log_retention_ms;
         for org in self.catalog.org_ids() {
             if !self.catalog.has_suppressions(org) {
@@ -148,24 +147,36 @@ impl ShardActor {
                 .with_org(org, |o| {
                     o.suppressed
                         .iter()
-                        .map(|(id, s)| (id.clone(), *s))
+                        .filter(|(_, s)| s.partition == self.partition)
+                        .map(|(hash, s)| (hash.clone(), *s))
                         .collect::<Vec<_>>()
                 })
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(id, _)| partition_of(org, id, partitions) == self.partition)
-                .collect();
+                .unwrap_or_default();
             let snapshot_at = snapshot_times.get(&org).copied();
-            let stale: Vec<String> = mine
+            let stale: HashSet<&String> = mine
                 .iter()
                 .filter(|(_, s)| snapshot_at.is_some_and(|t| t.0 < s.erased_at))
-                .map(|(id, _)| id.clone())
+                .map(|(hash, _)| hash)
                 .collect();
-            self.erase(org, &stale);
+            if !stale.is_empty() {
+                // The list keeps hashes only: find the ids among the customers.
+                let ids: Vec<String> = self
+                    .tenants
+                    .get(&org)
+                    .map(|shard| {
+                        shard
+                            .customer_ids()
+                            .filter(|id| stale.contains(&suppression_hash(org, id)))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.erase(org, &ids);
+            }
             let recent: HashMap<String, i64> = mine
                 .into_iter()
                 .filter(|(_, s)| s.erased_at > horizon)
-                .map(|(id, s)| (id, s.until))
+                .map(|(hash, s)| (hash, s.until))
                 .collect();
             if !recent.is_empty() {
                 self.erase_logged_events(org, recent);
@@ -173,12 +184,12 @@ impl ShardActor {
         }
     }
 
-    /// Overwrites the records of the customers (id -> end of its
-    /// suppression) received before their suppression's end with
-    /// tombstones, on a thread of its own (a scan of the retained log).
+    /// Overwrites the records of the customers ([`suppression_hash`] of the
+    /// id -> end of its suppression) received before their suppression's end
+    /// with tombstones, on a thread of its own (a scan of the retained log).
     /// Records received later belong to a customer who came back after the
     /// suppression and are kept.
-    fn erase_logged_events(&self, org: Uuid, ids: HashMap<String, i64>) {
+    fn erase_logged_events(&self, org: Uuid, hashes: HashMap<String, i64>) {
         let (log, partition) = (self.log.clone(), self.partition);
         let spawned = std::thread::Builder::new()
             .name(format!("xeno-erase-{partition}"))
@@ -187,7 +198,7 @@ impl ShardActor {
                 let scanned = read_range(&*log, partition, 0, u64::MAX, &mut |offset, record| {
                     let before_end = |id: &Option<String>| {
                         id.as_ref()
-                            .and_then(|i| ids.get(i))
+                            .and_then(|i| hashes.get(&suppression_hash(org, i)))
                             .is_some_and(|until| record.received_at.0 < *until)
                     };
                     if record.org == org
@@ -421,8 +432,13 @@ impl Handler<EraseCustomers> for ShardActor {
         }
         let erased = self.erase(msg.org, &msg.ids);
         // Even when no profile lives here, events of the ids may.
-        let until = msg.until;
-        self.erase_logged_events(msg.org, msg.ids.into_iter().map(|id| (id, until)).collect());
+        let (org, until) = (msg.org, msg.until);
+        let hashes = msg
+            .ids
+            .iter()
+            .map(|id| (suppression_hash(org, id), until))
+            .collect();
+        self.erase_logged_events(org, hashes);
         // The previous snapshot still holds the profiles: replace it now
         // (or, while a background snapshot of the old state is being
         // written, at the next tick after it).
