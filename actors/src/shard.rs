@@ -241,6 +241,13 @@ pub struct ShardActor {
     last_snapshot: Instant,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
+    /// Erasures waiting for a log scan, per organization: suppression hash
+    /// -> end of the suppression.
+    erase_queue: HashMap<Uuid, HashMap<String, i64>>,
+    /// A log scan of erasures runs.
+    erase_running: bool,
+    /// This actor's address, for threads that report back.
+    self_addr: Option<Addr<ShardActor>>,
     /// Writers waiting for an offset to be applied (see [`WhenApplied`]).
     waiters: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
     /// State changed without a log record (an erasure, a field type
@@ -293,6 +300,9 @@ impl ShardActor {
             snapshot_in_flight: false,
             state_changed: false,
             waiters: Vec::new(),
+            erase_queue: HashMap::new(),
+            erase_running: false,
+            self_addr: None,
             last_append: Instant::now(),
             failed: false,
             tick_queued: Arc::new(AtomicBool::new(false)),
@@ -1369,6 +1379,9 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
+        self.self_addr = Some(ctx.address());
+        // Erasure scans recovery asked for before the actor ran.
+        self.start_erase_scan();
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {

@@ -188,23 +188,36 @@ impl ShardActor {
     /// id -> end of its suppression) received before their suppression's end
     /// with tombstones, on a thread of its own (a scan of the retained log).
     /// Records received later belong to a customer who came back after the
-    /// suppression and are kept.
-    fn erase_logged_events(&self, org: Uuid, hashes: HashMap<String, i64>) {
+    /// suppression and are kept. Requests that come while a scan runs are
+    /// merged into the next one: a burst of erasures costs a few scans, not
+    /// one each.
+    fn erase_logged_events(&mut self, org: Uuid, hashes: HashMap<String, i64>) {
+        self.erase_queue.entry(org).or_default().extend(hashes);
+        self.start_erase_scan();
+    }
+
+    pub(super) fn start_erase_scan(&mut self) {
+        if self.erase_running || self.erase_queue.is_empty() || self.self_addr.is_none() {
+            return;
+        }
+        let work: HashMap<Uuid, HashMap<String, i64>> = std::mem::take(&mut self.erase_queue);
         let (log, partition) = (self.log.clone(), self.partition);
+        let addr = self.self_addr.clone().expect("checked above");
+        self.erase_running = true;
         let spawned = std::thread::Builder::new()
             .name(format!("xeno-erase-{partition}"))
             .spawn(move || {
                 let mut offsets = Vec::new();
                 let scanned = read_range(&*log, partition, 0, u64::MAX, &mut |offset, record| {
+                    let Some(hashes) = work.get(&record.org) else {
+                        return;
+                    };
                     let before_end = |id: &Option<String>| {
                         id.as_ref()
-                            .and_then(|i| hashes.get(&suppression_hash(org, i)))
+                            .and_then(|i| hashes.get(&suppression_hash(record.org, i)))
                             .is_some_and(|until| record.received_at.0 < *until)
                     };
-                    if record.org == org
-                        && (before_end(&record.event.user_id)
-                            || before_end(&record.event.anonymous_id))
-                    {
+                    if before_end(&record.event.user_id) || before_end(&record.event.anonymous_id) {
                         offsets.push(offset);
                     }
                 });
@@ -221,14 +234,22 @@ impl ShardActor {
                 match result {
                     Ok(count) => {
                         metrics::counter!("xeno_events_erased_total").increment(count as u64);
-                        tracing::info!(partition, org = %org, events = count, "erased customers' events overwritten in the log");
+                        tracing::info!(
+                            partition,
+                            events = count,
+                            "erased customers' events overwritten in the log"
+                        );
                     }
-                    // The suppression keeps them from being applied again;
-                    // retention deletes them in the end.
-                    Err(e) => tracing::error!(partition, org = %org, error = %e, "overwriting erased events failed"),
+                    // The suppression keeps them from being applied again; a
+                    // restart scans again; retention deletes them in the end.
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "overwriting erased events failed")
+                    }
                 }
+                addr.do_send(EraseScanned);
             });
         if let Err(e) = spawned {
+            self.erase_running = false;
             tracing::error!(partition = self.partition, error = %e, "cannot start the erasure thread");
         }
     }
@@ -423,6 +444,20 @@ impl Handler<StringValues> for ShardActor {
     }
 }
 
+/// A log scan of erasures finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct EraseScanned;
+
+impl Handler<EraseScanned> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: EraseScanned, _: &mut Self::Context) {
+        self.erase_running = false;
+        self.start_erase_scan();
+    }
+}
+
 impl Handler<EraseCustomers> for ShardActor {
     type Result = usize;
 
@@ -439,15 +474,9 @@ impl Handler<EraseCustomers> for ShardActor {
             .map(|id| (suppression_hash(org, id), until))
             .collect();
         self.erase_logged_events(org, hashes);
-        // The previous snapshot still holds the profiles: replace it now
-        // (or, while a background snapshot of the old state is being
-        // written, at the next tick after it).
-        if erased > 0
-            && !self.snapshot_in_flight
-            && let Err(e) = self.snapshot()
-        {
-            tracing::warn!(partition = self.partition, error = %e, "snapshot after an erasure failed; retried at the next tick");
-        }
+        // The previous snapshot still holds the profiles: `erase` marked the
+        // state changed, so the next tick writes a new one in the background
+        // (a crash before that is covered by recovery, which erases again).
         erased
     }
 }
