@@ -88,14 +88,16 @@ pub struct Suppression {
 
 /// How an erased id is remembered: SHA-256 of the organization and the id.
 pub fn suppression_hash(org: Uuid, id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digest = Sha256::new();
     digest.update(org.as_bytes());
     digest.update(id.as_bytes());
-    digest
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut out = String::with_capacity(64);
+    for b in digest.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// The membership transitions an endpoint can subscribe to.

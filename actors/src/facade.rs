@@ -461,11 +461,11 @@ impl Runtime {
         // Half the room: live ingest keeps the other half while an import runs.
         let limit = self.inner.settings.max_inflight_per_partition / 2;
         self.inner.ready.iter().all(|r| r.load(Ordering::Acquire))
-            && self
-                .inner
-                .inflight
-                .iter()
-                .all(|f| f.load(Ordering::Acquire) + events <= limit)
+            && self.inner.inflight.iter().all(|f| {
+                let pending = f.load(Ordering::Acquire);
+                // An empty partition takes a batch whatever the limit.
+                pending <= 0 || pending + events <= limit
+            })
     }
 
     /// The type the catalog records for a field, if it does.
@@ -693,6 +693,17 @@ impl Runtime {
         give_back: Option<&mut Vec<Event>>,
     ) -> Result<IngestOutcome, RuntimeError> {
         let partitions = self.inner.shards.len() as u32;
+        // A caller that retries gets its events back untouched (order and
+        // suppressed positions intact) when the shards have no room now.
+        if let Some(back) = give_back
+            && !self.room_for(org, &events, partitions)
+        {
+            metrics::counter!("xeno_ingest_busy_total").increment(1);
+            back.extend(events);
+            return Err(RuntimeError::Busy {
+                retry_after_secs: 1,
+            });
+        }
         let (mut events, suppressed) = self.drop_suppressed(org, events, received_at);
         if !suppressed.is_empty() {
             metrics::counter!("xeno_ingest_suppressed_total").increment(suppressed.len() as u64);
@@ -732,9 +743,9 @@ impl Runtime {
             if saturated {
                 metrics::counter!("xeno_ingest_busy_total").increment(1);
             }
-            if let Some(back) = give_back {
-                back.extend(by_partition.into_values().flatten().map(|r| r.event));
-            }
+            // (Rare: another writer took the room since the check above.
+            // The events were processed and cannot be given back as they
+            // came, so the caller hears "busy" with nothing to retry.)
             return Err(RuntimeError::Busy {
                 retry_after_secs: 1,
             });
@@ -814,6 +825,22 @@ impl Runtime {
                 suppressed,
             }),
         }
+    }
+
+    /// Whether every partition `events` go to is ready and has room for
+    /// them (by their ids as sent; a merge may re-key a few elsewhere).
+    fn room_for(&self, org: Uuid, events: &[Event], partitions: u32) -> bool {
+        let mut counts: HashMap<u32, i64> = HashMap::new();
+        for key in events.iter().filter_map(Event::customer_key) {
+            *counts
+                .entry(partition_of(org, key, partitions))
+                .or_default() += 1;
+        }
+        let limit = self.inner.settings.max_inflight_per_partition;
+        counts.iter().all(|(p, n)| {
+            self.inner.ready[*p as usize].load(Ordering::Acquire)
+                && self.inner.inflight[*p as usize].load(Ordering::Acquire) + n <= limit
+        })
     }
 
     /// Splits off the events that name an erased customer id whose

@@ -696,10 +696,13 @@ impl ShardActor {
             "applying a log range read back after a lost hand-off"
         );
         for (offset, record) in records {
-            if offset == self.applied {
+            if offset >= self.applied {
                 self.apply_record(offset, &record);
             }
         }
+        // Offsets the read did not visit are erased events' tombstones: the
+        // range up to the buffered hand-off is done.
+        self.applied = self.applied.max(next);
         self.drain_pending();
     }
 

@@ -599,20 +599,31 @@ impl Runtime {
                 .or_default()
                 .push(i.clone());
         }
-        for (p, ids) in by_partition {
-            self.inner.shards[p as usize]
-                .send(EraseCustomers { org, ids, until })
-                .await?;
-        }
-        // What the webhook history kept of them: finished deliveries (their
-        // payloads carry the traits) and the last-transition markers (keyed
-        // by id). Pending ones, such as the exits just queued (which name the
-        // id only), are delivered and then expire with the history.
-        let (store, forget) = (self.inner.ports.store.clone(), ids.clone());
-        let forgotten =
+        // The rest runs in a task of its own: a client that hangs up now
+        // cannot leave the erasure half done.
+        let (shards, store, forget) = (
+            self.inner.shards.clone(),
+            self.inner.ports.store.clone(),
+            ids.clone(),
+        );
+        let forgotten = tokio::spawn(async move {
+            for (p, ids) in by_partition {
+                shards[p as usize]
+                    .send(EraseCustomers { org, ids, until })
+                    .await?;
+            }
+            // What the webhook history kept of them: finished deliveries
+            // (their payloads carry the traits) and the last-transition
+            // markers (keyed by id). Pending ones, such as the exits just
+            // queued (which name the id only), are delivered and then expire
+            // with the history.
             tokio::task::spawn_blocking(move || forget_deliveries(&*store, org, &forget))
                 .await
-                .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?
+                .map_err(RuntimeError::from)
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()))??;
         metrics::counter!("xeno_customers_erased_total").increment(1);
         tracing::info!(org = %org, ids = ids.len(), deliveries = forgotten, "customer erased");
         Ok(Erasure {

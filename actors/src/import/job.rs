@@ -448,7 +448,15 @@ impl Runtime {
         let outcome = if handle.cancel.load(Ordering::Acquire) {
             Ok(false)
         } else {
-            self.import_file(&handle, &path, hints, &options, started)
+            // A bug in a reader or the engine must not keep the slot (and
+            // every later import) taken.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.import_file(&handle, &path, hints, &options, started)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!(job = %handle.job.lock().unwrap_or_else(|p| p.into_inner()).id, "the import panicked");
+                Err("internal error: the import stopped unexpectedly; rows imported so far stay".into())
+            })
         };
         {
             let registry = self.imports();
@@ -608,11 +616,13 @@ impl Runtime {
         // Every partition gets the planned types before the first row: left
         // to infer, partitions could disagree (a text column whose first
         // value looks like a date) and drop values without a report.
+        // (Fields some partition knows already keep their types: the plan
+        // used them.)
         let planned: Vec<(String, AttrType)> = plan
             .columns
             .iter()
             .filter_map(|c| c.target.clone().map(|t| (t, c.ty)))
-            .filter(|(t, _)| t != super::mapping::ID)
+            .filter(|(t, _)| t != super::mapping::ID && !known.contains_key(t))
             .collect();
         let recorded: Vec<String> = planned
             .iter()

@@ -152,10 +152,15 @@ impl ShardActor {
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default();
+            // While a suppression lasts, no profile of its id may exist (every
+            // write and replay refuses it): one that does came from a snapshot
+            // the erasure did not reach. After it, only a snapshot older than
+            // the erasure can hold the erased profile.
+            let now = crate::clock::now().0;
             let snapshot_at = snapshot_times.get(&org).copied();
             let stale: HashSet<&String> = mine
                 .iter()
-                .filter(|(_, s)| snapshot_at.is_some_and(|t| t.0 < s.erased_at))
+                .filter(|(_, s)| s.until > now || snapshot_at.is_some_and(|t| t.0 < s.erased_at))
                 .map(|(hash, _)| hash)
                 .collect();
             if !stale.is_empty() {
@@ -207,6 +212,8 @@ impl ShardActor {
         let spawned = std::thread::Builder::new()
             .name(format!("xeno-erase-{partition}"))
             .spawn(move || {
+                // Reported even if the scan panics, so later erasures still run.
+                let _done = ScanDone(addr);
                 let mut offsets = Vec::new();
                 let scanned = read_range(&*log, partition, 0, u64::MAX, &mut |offset, record| {
                     let Some(hashes) = work.get(&record.org) else {
@@ -246,7 +253,6 @@ impl ShardActor {
                         tracing::error!(partition, error = %e, "overwriting erased events failed")
                     }
                 }
-                addr.do_send(EraseScanned);
             });
         if let Err(e) = spawned {
             self.erase_running = false;
@@ -441,6 +447,15 @@ impl Handler<StringValues> for ShardActor {
                 .map(|s| s.string_values(&msg.field))
                 .unwrap_or_default(),
         )
+    }
+}
+
+/// Tells the actor its erasure scan ended, however it ended.
+struct ScanDone(Addr<ShardActor>);
+
+impl Drop for ScanDone {
+    fn drop(&mut self) {
+        self.0.do_send(EraseScanned);
     }
 }
 
