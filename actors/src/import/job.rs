@@ -200,7 +200,7 @@ pub struct ImportJob {
 pub(crate) struct JobHandle {
     pub(crate) org: Uuid,
     pub(crate) job: Mutex<ImportJob>,
-    pub(crate) cancel: AtomicBool,
+    pub(crate) cancel: Arc<AtomicBool>,
 }
 
 /// The jobs this process knows.
@@ -301,7 +301,7 @@ impl Runtime {
         let handle = Arc::new(JobHandle {
             org,
             job: Mutex::new(job.clone()),
-            cancel: AtomicBool::new(false),
+            cancel: Arc::new(AtomicBool::new(false)),
         });
         self.imports()
             .jobs
@@ -823,7 +823,7 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(5));
             waited += Duration::from_millis(5);
         }
-        let (runtime, org) = (self.clone(), handle.org);
+        let (runtime, org, cancel) = (self.clone(), handle.org, handle.cancel.clone());
         let count = events.len();
         // Busy answers (another writer took the room) are retried with the
         // same events, which ingest gives back: row-derived messageIds make a
@@ -837,12 +837,17 @@ impl Runtime {
                     .ingest_or_give_back(org, events, now(), &mut back)
                     .await
                 {
+                    // A cancelled job stops retrying: the batch is dropped
+                    // (not counted as imported).
+                    Err(RuntimeError::Busy { .. }) if cancel.load(Ordering::Acquire) => {
+                        return Ok(None);
+                    }
                     Err(RuntimeError::Busy { .. }) if retries < 6000 && !back.is_empty() => {
                         retries += 1;
                         events = back;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    other => return other,
+                    other => return other.map(Some),
                 }
             }
         });
@@ -894,7 +899,8 @@ impl Runtime {
             .block_on(pending)
             .unwrap_or_else(|e| Err(RuntimeError::Internal(e.to_string())));
         match result {
-            Ok(outcome) => {
+            Ok(None) => Ok(()),
+            Ok(Some(outcome)) => {
                 state.imported += (count - outcome.suppressed.len()) as u64;
                 for i in outcome.suppressed {
                     let (number, line) = rows[i];
@@ -917,7 +923,9 @@ impl Runtime {
     }
 }
 
-type PendingBatch = tokio::task::JoinHandle<Result<crate::facade::IngestOutcome, RuntimeError>>;
+/// A batch's ingest: `None` when it was dropped because the job was cancelled.
+type PendingBatch =
+    tokio::task::JoinHandle<Result<Option<crate::facade::IngestOutcome>, RuntimeError>>;
 /// A batch being logged: its task, the (row, line) of each event, its size.
 type InFlight = (PendingBatch, Vec<(u64, u64)>, usize);
 
