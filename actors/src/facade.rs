@@ -468,6 +468,19 @@ impl Runtime {
             })
     }
 
+    /// The types the catalog records for those of `names` it knows.
+    pub(crate) fn recorded_types(&self, org: Uuid, names: &[String]) -> HashMap<String, AttrType> {
+        self.inner
+            .catalog
+            .with_org(org, |o| {
+                names
+                    .iter()
+                    .filter_map(|n| o.fields.get(n).map(|t| (n.clone(), *t)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The type the catalog records for a field, if it does.
     pub(crate) fn catalog_field_type(&self, org: Uuid, name: &str) -> Option<AttrType> {
         self.inner
@@ -1145,16 +1158,7 @@ impl Runtime {
         if names.is_empty() {
             return Ok(());
         }
-        let mut types: HashMap<String, AttrType> = self
-            .inner
-            .catalog
-            .with_org(org, |o| {
-                names
-                    .iter()
-                    .filter_map(|n| o.fields.get(n).map(|t| (n.clone(), *t)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut types = self.recorded_types(org, &names);
         let recorded: Vec<String> = types.keys().cloned().collect();
         for shard in &self.inner.shards {
             let known = shard

@@ -127,16 +127,7 @@ impl Runtime {
         org: Uuid,
         names: &[String],
     ) -> Result<HashMap<String, AttrType>, RuntimeError> {
-        let mut types: HashMap<String, AttrType> = self
-            .inner
-            .catalog
-            .with_org(org, |o| {
-                names
-                    .iter()
-                    .filter_map(|n| o.fields.get(n).map(|t| (n.clone(), *t)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut types = self.recorded_types(org, names);
         for shard in &self.inner.shards {
             let known = shard
                 .send(FieldTypes {
