@@ -271,6 +271,21 @@ pub fn scan_all(
     }
 }
 
+/// Every record under `prefix`, by the rest of its key (a field name, a
+/// customer id, a hash).
+fn load_named<T: for<'de> Deserialize<'de>>(
+    store: &dyn StatePort,
+    prefix: &str,
+) -> Result<HashMap<String, T>, PortError> {
+    let mut named = HashMap::new();
+    scan_all(store, prefix.as_bytes(), &mut |k, v| {
+        let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        named.insert(name, decode(k, v)?);
+        Ok(())
+    })?;
+    Ok(named)
+}
+
 impl Catalog {
     /// Loads everything but deliveries and snapshots from `store`.
     pub fn load(store: &dyn StatePort) -> Result<Catalog, PortError> {
@@ -313,34 +328,10 @@ impl Catalog {
                 org.segments.insert(record.id, record);
                 Ok(())
             })?;
-            let field_prefix = format!("t/{id}/field/");
-            scan_all(store, field_prefix.as_bytes(), &mut |k, v| {
-                let ty: AttrType = decode(k, v)?;
-                let name = String::from_utf8_lossy(&k[field_prefix.len()..]).into_owned();
-                org.fields.insert(name, ty);
-                Ok(())
-            })?;
-            let alias_prefix = format!("t/{id}/alias/");
-            scan_all(store, alias_prefix.as_bytes(), &mut |k, v| {
-                let into: String = decode(k, v)?;
-                let from = String::from_utf8_lossy(&k[alias_prefix.len()..]).into_owned();
-                org.aliases.insert(from, into);
-                Ok(())
-            })?;
-            let description_prefix = format!("t/{id}/fdesc/");
-            scan_all(store, description_prefix.as_bytes(), &mut |k, v| {
-                let text: String = decode(k, v)?;
-                let name = String::from_utf8_lossy(&k[description_prefix.len()..]).into_owned();
-                org.descriptions.insert(name, text);
-                Ok(())
-            })?;
-            let suppression_prefix = format!("t/{id}/sup/");
-            scan_all(store, suppression_prefix.as_bytes(), &mut |k, v| {
-                let record: Suppression = decode(k, v)?;
-                let hash = String::from_utf8_lossy(&k[suppression_prefix.len()..]).into_owned();
-                org.suppressed.insert(hash, record);
-                Ok(())
-            })?;
+            org.fields = load_named(store, &format!("t/{id}/field/"))?;
+            org.aliases = load_named(store, &format!("t/{id}/alias/"))?;
+            org.descriptions = load_named(store, &format!("t/{id}/fdesc/"))?;
+            org.suppressed = load_named(store, &format!("t/{id}/sup/"))?;
             // Chains (a merged into b, b later into c) resolve to their root;
             // a link that would close a cycle is dropped.
             let direct = org.aliases.clone();

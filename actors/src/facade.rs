@@ -1125,15 +1125,7 @@ impl Runtime {
             created_at: at.clone(),
             updated_at: at,
         };
-        let write = StateWrite::Put(segment_key(org, id), encode(&record));
-        let stored = record.clone();
-        if let Err(e) = self
-            .inner
-            .catalog
-            .commit(&*self.inner.ports.store, vec![write], |c| {
-                c.put_segment(org, stored)
-            })
-        {
+        if let Err(e) = self.commit_segment(org, &record) {
             self.remove_from_shards(org, engine_id).await;
             return Err(e.into());
         }
@@ -1269,6 +1261,17 @@ impl Runtime {
         Ok(())
     }
 
+    /// Records a segment durably, then in the catalog's memory.
+    fn commit_segment(&self, org: Uuid, record: &SegmentRecord) -> Result<(), PortError> {
+        let write = StateWrite::Put(segment_key(org, record.id), encode(record));
+        let stored = record.clone();
+        self.inner
+            .catalog
+            .commit(&*self.inner.ports.store, vec![write], |c| {
+                c.put_segment(org, stored)
+            })
+    }
+
     async fn remove_from_shards(&self, org: Uuid, engine_id: u64) {
         for shard in &self.inner.shards {
             let _ = shard.send(RemoveSegment { org, engine_id }).await;
@@ -1360,15 +1363,7 @@ impl Runtime {
         }
         record.version += 1;
         record.updated_at = now().to_rfc3339();
-        let write = StateWrite::Put(segment_key(org, id), encode(&record));
-        let stored = record.clone();
-        if let Err(e) = self
-            .inner
-            .catalog
-            .commit(&*self.inner.ports.store, vec![write], |c| {
-                c.put_segment(org, stored)
-            })
-        {
+        if let Err(e) = self.commit_segment(org, &record) {
             // Put the shards back on the recorded rule.
             if let (Some(old), Ok(new)) = (&previous_rule, dsl::parse(&record.rule))
                 && *old != new
@@ -1530,27 +1525,9 @@ impl Runtime {
             })
             .await?
             .ok_or_else(|| RuntimeError::NotFound("customer".into()))?;
-        let segments = self
-            .inner
-            .catalog
-            .with_org(org, |o| {
-                data.segments
-                    .iter()
-                    .filter_map(|e| o.by_engine_id.get(e))
-                    .filter_map(|s| o.segments.get(s))
-                    .map(|s| SegmentRef {
-                        id: s.id,
-                        name: s.name.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(CustomerInfo {
-            id: data.id,
-            attributes: data.attributes,
-            computed: data.computed,
-            segments,
-        })
+        self.customer_infos(org, vec![data])
+            .pop()
+            .ok_or_else(|| RuntimeError::NotFound("organization".into()))
     }
 
     // ---- webhooks ------------------------------------------------------------

@@ -109,7 +109,7 @@ pub fn check_customer_id(id: &str, pointer: &str) -> Result<(), RuntimeError> {
 }
 
 impl Runtime {
-    fn customer_infos(&self, org: Uuid, data: Vec<CustomerData>) -> Vec<CustomerInfo> {
+    pub(crate) fn customer_infos(&self, org: Uuid, data: Vec<CustomerData>) -> Vec<CustomerInfo> {
         self.inner
             .catalog
             .with_org(org, |o| {
