@@ -8,6 +8,17 @@
 //! g/org/{slug}                -> OrgRecord          (global: slugs are unique)
 //! g/wk/{sha256(key)}          -> org id             (write keys, hashed)
 //! g/ak/{sha256(key)}          -> ApiKeyRecord       (API keys, hashed)
+//! g/user/{user}               -> UserRecord         (people; see identity.rs)
+//! g/email/{email}             -> user id            (lowercase-trimmed: emails are unique)
+//! g/oidc/{sha256(issuer, subject)} -> user id       (linked OIDC identities)
+//! g/ott/{purpose}/{sha256(token)} -> one-time token (payload and expiry; single use)
+//! g/ott-user/{user}/{purpose}/{sha256(token)} -> () (a user's one-time tokens, to void them)
+//! g/sess/{session}            -> SessionRecord      (a refresh-token family)
+//! g/usess/{user}/{session}    -> ()                 (a user's sessions)
+//! g/rt/{sha256(token)}        -> session and spent  (refresh tokens, current and spent)
+//! g/sess-rt/{session}/{sha256(token)} -> ()         (a family's tokens, dropped on revocation)
+//! g/umem/{user}/{org}         -> Role               (a user's organizations)
+//! g/inv/{sha256(token)}       -> org and invitation (invitation links)
 //! t/{org}/seg/{segment}       -> SegmentRecord
 //! t/{org}/wh/{endpoint}       -> WebhookRecord
 //! t/{org}/dl/{endpoint}/{id}  -> DeliveryRecord     (the webhook outbox and its history)
@@ -17,10 +28,15 @@
 //! t/{org}/sup/{sha256(org, id)} -> Suppression      (an erased customer id, hashed; refused until then)
 //! t/{org}/imp/{job}           -> ImportRecord       (CSV import jobs)
 //! t/{org}/audit/{uuidv7}      -> AuditEntry         (the activity feed)
+//! t/{org}/mem/{user}          -> Membership         (members and their roles)
+//! t/{org}/inv/{invitation}    -> Invitation
+//! t/{org}/key/{key}           -> KeyRecord          (write and API keys issued by the identity layer)
+//! t/{org}/keyhash/{key}       -> sha256 of its secret (to unregister it on rotation or revocation)
 //! t/{org}/epoch               -> endpoint epoch     (see OrgState::endpoint_epoch)
 //! t/{org}/last/{epoch}/{segment}/{customer} -> last transition (written by the shards)
 //! t/{org}/shard/{partition}   -> offset ++ engine snapshot (written by the shards)
 //! g/partitions                -> log partition count, fixed at the first start
+//! g/deleting/{org}            -> DeletionMark       (an organization deletion under way; see facade/orgs.rs)
 //! p/{partition}/snapshot|outboxed|checkpoint/{ms} -> a shard's offsets (node bookkeeping)
 //! ```
 
@@ -35,21 +51,51 @@ use xeno_engine::ports::{PortError, StatePort, StateWrite};
 
 /// An organization (tenant).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrgRecord {
     pub id: Uuid,
     pub slug: String,
+    /// The display name; empty for organizations created before names
+    /// existed (show the slug then).
+    #[serde(default)]
+    pub name: String,
     pub created_at: String,
 }
 
-/// What an API key may do. The bootstrap admin key is an `Owner` key of its
-/// organization, the same kind of key the identity layer issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a member or an API key may do. The bootstrap admin key is an `Owner`
+/// key of its organization, the same kind of key the identity layer issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
     Admin,
-    Member,
+    /// Called `member` before; records written then still read.
+    #[serde(alias = "member")]
+    Editor,
     Viewer,
+}
+
+impl Role {
+    /// Owner 3, admin 2, editor 1, viewer 0: a role may do what any lower one
+    /// may.
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Owner => 3,
+            Role::Admin => 2,
+            Role::Editor => 1,
+            Role::Viewer => 0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Editor => "editor",
+            Role::Viewer => "viewer",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -425,6 +471,19 @@ impl Catalog {
         })
     }
 
+    /// Forgets an organization (it is being deleted): its state, its slug (if
+    /// the slug still names it), and every write key and API key of it.
+    /// Answers the record it had.
+    pub fn remove_org(&self, org: Uuid) -> Option<OrgRecord> {
+        self.write(|s| {
+            let removed = s.orgs.remove(&org).map(|o| o.record);
+            s.by_slug.retain(|_, id| *id != org);
+            s.write_keys.retain(|_, id| *id != org);
+            s.api_keys.retain(|_, record| record.org != org);
+            removed
+        })
+    }
+
     /// Whether any profile of `org` was merged (a fast path for the hot loops).
     pub fn has_aliases(&self, org: Uuid) -> bool {
         self.read(|s| s.orgs.get(&org).is_some_and(|o| !o.aliases.is_empty()))
@@ -545,6 +604,27 @@ impl Catalog {
     pub fn put_api_key(&self, key: &str, record: ApiKeyRecord) {
         let hash = hash_key(key);
         self.write(|s| s.api_keys.insert(hash, record));
+    }
+
+    /// Forgets a write key, by the [`hash_key`] of its secret.
+    pub fn remove_write_key(&self, hash: &str) {
+        self.write(|s| s.write_keys.remove(hash));
+    }
+
+    /// Forgets an API key, by the [`hash_key`] of its secret.
+    pub fn remove_api_key(&self, hash: &str) {
+        self.write(|s| s.api_keys.remove(hash));
+    }
+
+    /// Replaces the record of a known organization (a rename); its slug is
+    /// fixed.
+    pub fn update_org(&self, record: OrgRecord) {
+        self.write(|s| {
+            if let Some(o) = s.orgs.get_mut(&record.id) {
+                debug_assert_eq!(o.record.slug, record.slug);
+                o.record = record;
+            }
+        })
     }
 
     pub fn put_segment(&self, org: Uuid, record: SegmentRecord) {

@@ -38,6 +38,8 @@ use crate::shard::{
 
 mod customers;
 pub use customers::*;
+mod orgs;
+pub use orgs::*;
 
 /// The ports the runtime runs on.
 #[derive(Clone)]
@@ -343,6 +345,8 @@ struct Inner {
     alias_lock: tokio::sync::Mutex<()>,
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
     imports: crate::import::ImportRegistry,
+    /// Read-check-write sequences of the identity layer run one at a time.
+    identity_locks: crate::identity::IdentityLocks,
     /// The tokio runtime the facade's futures run on, for threads of our own
     /// (imports) that call it.
     tokio: tokio::runtime::Handle,
@@ -365,6 +369,9 @@ impl Runtime {
         clock: NowFn,
     ) -> Result<(Runtime, Generated), RuntimeError> {
         let catalog = Arc::new(Catalog::load(&*ports.store)?);
+        // Before the bootstrap (which may take a freed slug or key again) and
+        // before the shards recover (they never see a deleted organization).
+        orgs::finish_marked_deletions(&catalog, &ports, &settings.import_dir);
         let generated = match &settings.bootstrap {
             Some(b) => bootstrap(&catalog, &*ports.store, b)?,
             None => Generated::default(),
@@ -436,6 +443,7 @@ impl Runtime {
                 alias_lock: tokio::sync::Mutex::new(()),
                 arbiters: std::sync::Mutex::new(arbiters),
                 imports: crate::import::ImportRegistry::default(),
+                identity_locks: crate::identity::IdentityLocks::default(),
                 tokio: tokio::runtime::Handle::current(),
             }),
         };
@@ -493,6 +501,14 @@ impl Runtime {
         &self.inner.ports.store
     }
 
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub(crate) fn identity_locks(&self) -> &crate::identity::IdentityLocks {
+        &self.inner.identity_locks
+    }
+
     pub(crate) fn import_registry(&self) -> &crate::import::ImportRegistry {
         &self.inner.imports
     }
@@ -540,7 +556,13 @@ impl Runtime {
                     }
                     prune_import_folders(&inner.settings.import_dir, &inner.imports);
                     prune_suppressions(&inner);
-                    drop(inner);
+                    let runtime = Runtime { inner };
+                    match runtime.prune_identity() {
+                        Ok(0) => {}
+                        Ok(pruned) => tracing::info!(pruned, "expired sessions and one-time tokens pruned"),
+                        Err(e) => tracing::warn!(error = %e, "pruning expired sessions and tokens failed"),
+                    }
+                    drop(runtime);
                     std::thread::sleep(Duration::from_secs(3600));
                 }
             });
@@ -655,6 +677,10 @@ impl Runtime {
         self.inner.catalog.org_by_slug(slug)
     }
 
+    pub fn org_by_id(&self, id: Uuid) -> Option<OrgRecord> {
+        self.inner.catalog.org(id)
+    }
+
     // ---- ingest --------------------------------------------------------------
 
     /// Logs `events` of `org` durably and hands them to their shards. Returns
@@ -705,6 +731,8 @@ impl Runtime {
         wait_applied: bool,
         give_back: Option<&mut Vec<Event>>,
     ) -> Result<IngestOutcome, RuntimeError> {
+        // (A deleted organization's events are never logged again.)
+        self.require_org(org)?;
         let partitions = self.inner.shards.len() as u32;
         // A caller that retries gets its events back untouched (order and
         // suppressed positions intact) when the shards have no room now.
@@ -942,6 +970,10 @@ impl Runtime {
             true => None,
             false => Some(self.inner.alias_lock.lock().await),
         };
+        if _guard.is_some() {
+            // Deleted while this request waited: it records nothing of it.
+            self.require_org(org)?;
+        }
         for (from, to) in links {
             if root(&from, &new) != from {
                 continue; // merged already (the first link wins)
@@ -1883,6 +1915,7 @@ fn bootstrap(
             let o = OrgRecord {
                 id: Uuid::now_v7(),
                 slug: slug.to_string(),
+                name: String::new(),
                 created_at: at.clone(),
             };
             writes.push(StateWrite::Put(org_key(slug), encode(&o)));

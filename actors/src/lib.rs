@@ -17,6 +17,7 @@ pub mod audit;
 pub mod catalog;
 pub mod clock;
 pub mod dispatch;
+pub mod identity;
 pub mod import;
 pub mod record;
 pub mod registry;

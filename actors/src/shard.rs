@@ -246,6 +246,15 @@ pub struct ShardActor {
     erase_queue: HashMap<Uuid, HashMap<String, i64>>,
     /// A log scan of erasures runs.
     erase_running: bool,
+    /// Organizations deleted while this actor ran (see [`DropTenant`]): their
+    /// records are skipped (and tombstoned), their state never snapshotted.
+    dropped: HashSet<Uuid>,
+    /// Offsets of records of deleted organizations applied since their
+    /// deletion (a request in flight during it), to tombstone at the next tick.
+    drop_tombstones: Vec<u64>,
+    /// Deletions waiting for the snapshot in flight (which may still write
+    /// their tenant's snapshot) before they delete it and answer.
+    drop_waiters: Vec<DropWaiter>,
     /// This actor's address, for threads that report back.
     self_addr: Option<Addr<ShardActor>>,
     /// Writers waiting for an offset to be applied (see [`WhenApplied`]).
@@ -302,6 +311,9 @@ impl ShardActor {
             waiters: Vec::new(),
             erase_queue: HashMap::new(),
             erase_running: false,
+            dropped: HashSet::new(),
+            drop_tombstones: Vec::new(),
+            drop_waiters: Vec::new(),
             self_addr: None,
             last_append: Instant::now(),
             failed: false,
@@ -523,6 +535,17 @@ impl ShardActor {
     /// unless they are there already.
     fn apply_record(&mut self, offset: u64, record: &LogRecord) {
         if offset < self.applied {
+            return;
+        }
+        if self.is_deleted_org(record.org) {
+            // A deleted organization's record (met in a replay, or logged by
+            // a request in flight during the deletion) never brings its
+            // tenant back.
+            if self.dropped.contains(&record.org) {
+                self.drop_tombstones.push(offset);
+            }
+            metrics::counter!("xeno_events_of_deleted_orgs_total").increment(1);
+            self.applied = offset + 1;
             return;
         }
         if offset > self.applied {
@@ -1093,6 +1116,7 @@ impl ShardActor {
         let copies: Vec<(Uuid, Shard)> = self
             .tenants
             .iter()
+            .filter(|(org, _)| !self.dropped.contains(org))
             .map(|(org, shard)| (*org, shard.clone()))
             .collect();
         metrics::histogram!("xeno_snapshot_pause_seconds").record(started.elapsed().as_secs_f64());
@@ -1146,7 +1170,12 @@ impl ShardActor {
         let started = Instant::now();
         let now = crate::clock::now();
         self.state_changed = false;
-        let (writes, _) = snapshot_writes(self.partition, self.applied, now, self.tenants.iter())?;
+        let dropped = &self.dropped;
+        let tenants = self
+            .tenants
+            .iter()
+            .filter(|(org, _)| !dropped.contains(org));
+        let (writes, _) = snapshot_writes(self.partition, self.applied, now, tenants)?;
         self.store.commit(writes, true)?;
         self.snapshot_written(self.applied, now, started);
         Ok(())
@@ -1322,7 +1351,7 @@ impl Handler<MergeScanned> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, msg: MergeScanned, _: &mut Self::Context) {
-        if self.failed {
+        if self.failed || self.dropped.contains(&msg.org) {
             return;
         }
         match msg.scanned {
@@ -1450,6 +1479,7 @@ impl Handler<Tick> for ShardActor {
         if self.failed {
             return;
         }
+        self.tombstone_dropped_records();
         if self
             .gap_since
             .is_some_and(|since| since.elapsed() > std::time::Duration::from_secs(2))
@@ -1629,6 +1659,8 @@ impl Handler<SnapshotDone> for ShardActor {
                 tracing::error!(partition = self.partition, error = %e, "snapshot failed; the log keeps everything since the last one");
             }
         }
+        // The snapshot may have written tenants deleted meanwhile.
+        self.answer_drop_waiters();
     }
 }
 

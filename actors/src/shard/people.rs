@@ -1,7 +1,8 @@
 //! Customer data on a shard actor: listing customers with a rule filter,
 //! search and sort; segment members with their data (export); the schema and
 //! changing a field's type with data in place; the values of a string field
-//! (the importer's email lookup); and erasure (right to be forgotten).
+//! (the importer's email lookup); erasure (right to be forgotten); and
+//! forgetting a whole tenant when its organization is deleted.
 
 use super::*;
 use xeno_engine::model::FieldDef;
@@ -91,7 +92,70 @@ pub struct EraseCustomers {
     pub until: i64,
 }
 
+/// Forgets a deleted organization on this partition: its engine state, what
+/// waits for the outbox, and its snapshot (`t/{org}/shard/{partition}`).
+/// From then on its records are skipped (and those logged after the
+/// deletion's log scan are tombstoned at the next tick). Answers, through
+/// `done`, how many customers it had here, once no snapshot in flight can
+/// write its state back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropTenant {
+    pub org: Uuid,
+    pub done: tokio::sync::oneshot::Sender<Result<u64, PortError>>,
+}
+
+/// A [`DropTenant`] waiting for the snapshot in flight.
+pub(super) struct DropWaiter {
+    org: Uuid,
+    customers: u64,
+    done: tokio::sync::oneshot::Sender<Result<u64, PortError>>,
+}
+
 impl ShardActor {
+    /// Whether `org` was deleted: dropped by this actor, or unknown to the
+    /// catalog with no state here (a replay meeting the records of an
+    /// organization deleted before the restart).
+    pub(super) fn is_deleted_org(&self, org: Uuid) -> bool {
+        (!self.dropped.is_empty() && self.dropped.contains(&org))
+            || (!self.tenants.contains_key(&org) && self.catalog.with_org(org, |_| ()).is_none())
+    }
+
+    /// Deletes the snapshots of the tenants dropped while a snapshot was in
+    /// flight, and answers their deletions.
+    pub(super) fn answer_drop_waiters(&mut self) {
+        for waiter in std::mem::take(&mut self.drop_waiters) {
+            let deleted = self.store.commit(
+                vec![StateWrite::Delete(shard_key(waiter.org, self.partition))],
+                true,
+            );
+            let _ = waiter.done.send(deleted.map(|()| waiter.customers));
+        }
+    }
+
+    /// Overwrites records of deleted organizations applied since their
+    /// deletion with tombstones (kept for the next tick on failure).
+    pub(super) fn tombstone_dropped_records(&mut self) {
+        if self.drop_tombstones.is_empty() {
+            return;
+        }
+        let offsets = std::mem::take(&mut self.drop_tombstones);
+        let writes = offsets.iter().map(|o| (*o, ERASED.to_vec())).collect();
+        match self.log.overwrite(self.partition, writes) {
+            Ok(()) => {
+                tracing::info!(
+                    partition = self.partition,
+                    records = offsets.len(),
+                    "late records of deleted organizations overwritten"
+                );
+            }
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "overwriting records of a deleted organization failed; retrying");
+                self.drop_tombstones = offsets;
+            }
+        }
+    }
+
     /// Removes and purges the given customers of `org`; exits go to the
     /// outbox before the ids are forgotten.
     pub(super) fn erase(&mut self, org: Uuid, ids: &[String]) -> usize {
@@ -493,5 +557,39 @@ impl Handler<EraseCustomers> for ShardActor {
         // state changed, so the next tick writes a new one in the background
         // (a crash before that is covered by recovery, which erases again).
         erased
+    }
+}
+
+impl Handler<DropTenant> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropTenant, _: &mut Self::Context) {
+        let org = msg.org;
+        self.dropped.insert(org);
+        let customers = self
+            .tenants
+            .remove(&org)
+            .map(|shard| shard.customer_count() as u64)
+            .unwrap_or(0);
+        // Nothing of it reaches the outbox, the log or the store any more.
+        self.deltas.retain(|(o, _)| *o != org);
+        self.unflushed.retain(|(o, _)| *o != org);
+        let prefix = format!("t/{org}/").into_bytes();
+        self.unflushed_markers
+            .retain(|k, _| !k.starts_with(&prefix));
+        self.forwards.retain(|r| r.org != org);
+        self.merge_retry.remove(&org);
+        self.erase_queue.remove(&org);
+        self.counts_changed.retain(|(o, _)| *o != org);
+        let waiter = DropWaiter {
+            org,
+            customers,
+            done: msg.done,
+        };
+        self.drop_waiters.push(waiter);
+        if !self.snapshot_in_flight {
+            self.answer_drop_waiters();
+        }
+        tracing::info!(partition = self.partition, org = %org, customers, "tenant of a deleted organization dropped");
     }
 }
