@@ -578,3 +578,65 @@ fn roles_written_before_the_rename_still_read() {
     assert!(Role::Admin.rank() > Role::Editor.rank());
     assert!(Role::Editor.rank() > Role::Viewer.rank());
 }
+
+/// The audit log keeps entries for the retention only; security events too.
+#[test]
+fn audit_entries_past_the_retention_are_pruned() {
+    use xeno_actors::audit::{AuditFilter, AuditInput};
+    let dir = tempfile::tempdir().unwrap();
+    with_runtime(dir.path(), |r| {
+        let org = r.org_by_slug("demo").unwrap().id;
+        let input = |action: &str| AuditInput {
+            actor: "user:x".into(),
+            action: action.into(),
+            target: "t".into(),
+            summary: json!({}),
+            ip: Some("127.0.0.1".into()),
+            user_agent: None,
+        };
+        let user = Uuid::now_v7();
+        let first = r.audit_with(org, input("key.created")).unwrap();
+        r.security_event(Some(user), input("user.logged_in"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let cut = now_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        r.audit_with(org, input("key.revoked")).unwrap();
+        r.security_event(Some(user), input("user.logged_out"))
+            .unwrap();
+        // Time filters split at the cut; an action prefix takes both.
+        let before = AuditFilter {
+            to_ms: Some(cut),
+            ..AuditFilter::default()
+        };
+        let page = r.audit_query(org, &before, None, 100).unwrap();
+        assert_eq!(
+            page.items.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![first.id]
+        );
+        let keys = AuditFilter {
+            action: Some("key.".into()),
+            ..AuditFilter::default()
+        };
+        assert_eq!(r.audit_query(org, &keys, None, 100).unwrap().items.len(), 2);
+        // Nothing is older than an hour ago; everything before the cut goes.
+        assert_eq!(r.prune_audit(now_ms() - 3_600_000).unwrap(), 0);
+        assert_eq!(r.prune_audit(cut).unwrap(), 2);
+        let left: Vec<String> = r
+            .audit_query(org, &AuditFilter::default(), None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(left, vec!["key.revoked"]);
+        let events: Vec<String> = r
+            .security_events(user, None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(events, vec!["user.logged_out"]);
+    });
+}

@@ -22,6 +22,174 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub customers: CustomersConfig,
     pub bootstrap: BootstrapConfig,
+    pub auth: AuthConfig,
+    pub audit: AuditConfig,
+    /// `[smtp]`: the mail server of account mail; absent: links are logged.
+    pub smtp: Option<SmtpSection>,
+    /// `[oidc]`: "Sign in with ..." through an OpenID Connect provider; absent:
+    /// email and password only.
+    pub oidc: Option<OidcSection>,
+}
+
+/// `[auth]`: accounts, sessions and access tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens; tokens for another audience are refused.
+    pub audience: String,
+    /// Lifetime of an access token (a JWT), e.g. "15m".
+    pub access_ttl: String,
+    /// Lifetime of a session: its refresh token rotates on every use, and the
+    /// session ends this long after login.
+    pub refresh_ttl: String,
+    /// Ed25519 keys (PKCS#8 PEM) that sign access tokens. The first signs;
+    /// the others only verify, until `retired_at` plus `access_ttl`. Empty: a
+    /// key is generated at the first start under `data_dir/auth/`.
+    pub signing_keys: Vec<SigningKeyConfig>,
+    /// argon2id memory cost of password hashes, in KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2id passes.
+    pub argon2_iterations: u32,
+    /// Failed logins for one email before a lockout (four times as many from
+    /// one address).
+    pub login_max_failures: u32,
+    /// First lockout; each further failure doubles it.
+    pub login_backoff: String,
+    /// Longest lockout.
+    pub login_backoff_max: String,
+    /// How long an email verification or password reset link works.
+    pub email_token_ttl: String,
+    /// How long an invitation link works.
+    pub invitation_ttl: String,
+    /// Base URL of the links in mails, e.g. "https://xeno.example.com".
+    pub public_url: String,
+    /// Origins a browser may call the API from (CORS), e.g.
+    /// ["https://console.example.com"]. Empty: no cross-origin calls.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "xeno".into(),
+            audience: "xeno-api".into(),
+            access_ttl: "15m".into(),
+            refresh_ttl: "30d".into(),
+            signing_keys: Vec::new(),
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            login_max_failures: 5,
+            login_backoff: "1s".into(),
+            login_backoff_max: "15m".into(),
+            email_token_ttl: "24h".into(),
+            invitation_ttl: "7d".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// One access-token signing key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// Key id, carried in each token's header.
+    pub kid: String,
+    /// The PEM text (`-----BEGIN PRIVATE KEY-----`), or
+    pub pem: Option<String>,
+    /// a file holding it (`openssl genpkey -algorithm ed25519`).
+    pub file: Option<PathBuf>,
+    /// When the key stopped signing (RFC 3339); it verifies until its last
+    /// tokens expire.
+    pub retired_at: Option<String>,
+}
+
+/// `[audit]`: the activity feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How long entries are kept, e.g. "365d".
+    pub retention: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention: "365d".into(),
+        }
+    }
+}
+
+/// `[smtp]`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    pub host: String,
+    pub port: u16,
+    /// "none", "starttls" or "tls".
+    #[serde(default = "default_smtp_security")]
+    pub security: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The sender, e.g. "Xeno <no-reply@example.com>".
+    pub from: String,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: String,
+}
+
+// Hand-written: a logged configuration never shows the password.
+impl std::fmt::Debug for SmtpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSection")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OidcSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcSection")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("redirect_url", &self.redirect_url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_smtp_security() -> String {
+    "starttls".into()
+}
+
+fn default_smtp_timeout() -> String {
+    "10s".into()
+}
+
+/// `[oidc]`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSection {
+    /// The provider's issuer URL (its discovery document is
+    /// `{issuer}/.well-known/openid-configuration`).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Where the provider sends the browser back: this server's
+    /// `/api/v1/auth/oidc/callback`.
+    pub redirect_url: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
 }
 
 /// `[customers]`: customer data, imports and erasure.
@@ -264,6 +432,32 @@ impl Config {
                 reason: "must be 1 to 1024".into(),
             });
         }
+        for (key, text) in [
+            ("auth.access_ttl", &self.auth.access_ttl),
+            ("auth.refresh_ttl", &self.auth.refresh_ttl),
+            ("auth.login_backoff", &self.auth.login_backoff),
+            ("auth.login_backoff_max", &self.auth.login_backoff_max),
+            ("auth.email_token_ttl", &self.auth.email_token_ttl),
+            ("auth.invitation_ttl", &self.auth.invitation_ttl),
+            ("audit.retention", &self.audit.retention),
+        ] {
+            positive(key, text)?;
+        }
+        if duration("auth.access_ttl", &self.auth.access_ttl)?.millis() < 1000 {
+            return Err(ConfigError::Invalid {
+                key: "auth.access_ttl",
+                reason: "must be at least 1s".into(),
+            });
+        }
+        if let Some(smtp) = &self.smtp {
+            positive("smtp.timeout", &smtp.timeout)?;
+            if !["none", "starttls", "tls"].contains(&smtp.security.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "smtp.security",
+                    reason: "must be none, starttls or tls".into(),
+                });
+            }
+        }
         if self.bootstrap.org.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "bootstrap.org",
@@ -296,6 +490,17 @@ impl Config {
         let mut shown = self.clone();
         shown.bootstrap.write_key = mask(&self.bootstrap.write_key);
         shown.bootstrap.admin_api_key = mask(&self.bootstrap.admin_api_key);
+        for key in &mut shown.auth.signing_keys {
+            if key.pem.is_some() {
+                key.pem = Some("****".into());
+            }
+        }
+        if let Some(smtp) = &mut shown.smtp {
+            smtp.password = mask(&smtp.password);
+        }
+        if let Some(oidc) = &mut shown.oidc {
+            oidc.client_secret = "****".into();
+        }
         toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }

@@ -3,6 +3,7 @@
 //! ([`server`]) of the `xeno` binary.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod ingest;

@@ -81,25 +81,61 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(key) = &generated.admin_api_key {
         tracing::warn!(org = %config.bootstrap.org, admin_api_key = %key, "generated the bootstrap admin API key; it is shown only now");
     }
-    let app = router(AppState {
-        runtime: runtime.clone(),
-        metrics,
-        customers: CustomerSettings {
-            suppression: parse_duration(&config.customers.suppression)
-                .map_err(anyhow::Error::msg)?,
-            max_import_bytes: config.customers.max_import_bytes,
+    let auth = Arc::new(crate::auth::Auth::from_config(&config)?);
+    let app = router(
+        AppState {
+            runtime: runtime.clone(),
+            metrics,
+            customers: CustomerSettings {
+                suppression: parse_duration(&config.customers.suppression)
+                    .map_err(anyhow::Error::msg)?,
+                max_import_bytes: config.customers.max_import_bytes,
+            },
+            auth,
+            routes: Arc::new(crate::api::access::route_index()),
         },
-    });
+        &config.auth.cors_origins,
+    );
+    start_audit_retention(
+        runtime.clone(),
+        parse_duration(&config.audit.retention)
+            .map_err(anyhow::Error::msg)?
+            .millis(),
+    );
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
     tracing::info!(listen = %config.server.listen, data_dir = %data.display(), "xeno serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     tracing::info!("shutting down: final snapshots");
     runtime.shutdown().await;
     Ok(())
+}
+
+/// Deletes audit entries and security events older than the retention, at
+/// start and then hourly.
+fn start_audit_retention(runtime: Runtime, retention_ms: i64) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(StdDuration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let cutoff = crate::auth::now_ms() - retention_ms;
+            let r = runtime.clone();
+            match tokio::task::spawn_blocking(move || r.prune_audit(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!(deleted = n, "audit entries past their retention deleted")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "audit retention failed"),
+                Err(_) => tracing::warn!("audit retention panicked"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

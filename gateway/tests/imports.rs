@@ -378,10 +378,26 @@ fn a_large_import_can_be_cancelled_and_keeps_what_landed() {
     });
     let imported = number(&job, "rows_imported");
     assert!(imported < 1_000_000, "{job}");
-    let audit = server
-        .admin_get("/audit?action=import.cancelled")
-        .expect(200, "audit");
+    // The job's summary follows its status into the activity feed.
+    let audit = poll_until("the summary in the feed", Duration::from_secs(10), || {
+        let audit = server
+            .admin_get("/audit?action=import.cancelled")
+            .expect(200, "audit");
+        match audit["items"].as_array().unwrap().len() {
+            0 => Err(audit.to_string()),
+            _ => Ok(audit),
+        }
+    });
     assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+    assert_eq!(audit["items"][0]["summary"]["status"], "cancelled");
+    let requested = server
+        .admin_get("/audit?action=import.cancel_requested")
+        .expect(200, "audit");
+    assert_eq!(
+        requested["items"][0]["target"],
+        format!("/imports/{id}/cancel"),
+        "{requested}"
+    );
 }
 
 #[test]

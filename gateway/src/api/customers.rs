@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -18,10 +18,10 @@ use xeno_actors::{
 use xeno_engine::model::{AttrType, Event};
 use xeno_engine::time::Timestamp;
 
+use super::access::{AuditNote, Caller};
 use super::problem::Problem;
-use super::{
-    Access, ApiBody, ApiQuery, AppState, authorize, authorize_actor, json_body, page_limit, path_id,
-};
+use super::{ApiBody, ApiQuery, AppState, json_body, page_limit, path_id};
+use axum::extract::Extension;
 
 #[utoipa::path(operation_id = "get_customer", get, path = "/api/v1/orgs/{org}/customers/{id}", tag = "customers",
     params(("org" = String, Path), ("id" = String, Path, description = "userId or anonymousId")),
@@ -30,9 +30,9 @@ use super::{
 pub async fn get(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<CustomerInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     Ok(Json(state.runtime.customer(org, &id).await?))
 }
 
@@ -75,10 +75,10 @@ fn identify(id: &str, traits: Map<String, Value>) -> Event {
 pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<CustomerInfo>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let body: NewCustomer = json_body(&body)?;
     check_customer_id(&body.id, "/id")?;
     state
@@ -110,10 +110,10 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<CustomerInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let body: CustomerChange = json_body(&body)?;
     state
         .runtime
@@ -136,22 +136,19 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Erasure>, Problem> {
-    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Write)?;
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Problem> {
+    let org = caller.org_id(&org)?;
     let erasure = state
         .runtime
         .delete_customer(org, &id, state.customers.suppression)
         .await?;
     // The feed names how many ids went, not which: it outlives the erasure.
-    let summary =
-        json!({"ids": erasure.erased_ids.len(), "suppressed_until": erasure.suppressed_until});
-    let runtime = state.runtime.clone();
-    super::blocking(&state, move |_| {
-        runtime.audit(org, &actor, "customer.erased", "customer", summary)
-    })
-    .await?;
-    Ok(Json(erasure))
+    let note = AuditNote {
+        target: Some("customer".into()),
+        summary: json!({"ids": erasure.erased_ids.len(), "suppressed_until": erasure.suppressed_until}),
+    };
+    Ok((Extension(note), Json(erasure)).into_response())
 }
 
 /// How to list customers.
@@ -227,9 +224,9 @@ pub async fn list(
     State(state): State<AppState>,
     Path(org): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<CustomerList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let limit = page_limit(query.limit)?;
     let page = state
         .runtime
@@ -358,10 +355,10 @@ fn order_event(order: NewOrder) -> Result<Event, Problem> {
 pub async fn create_order(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<CustomerInfo>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let order: NewOrder = json_body(&body)?;
     let event = order_event(order)?;
     let customer = state.runtime.write_customer_event(org, event).await?;
@@ -380,9 +377,9 @@ pub struct FieldList {
 pub async fn fields(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<FieldList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     Ok(Json(FieldList {
         items: state.runtime.fields(org).await?,
     }))
@@ -418,10 +415,10 @@ fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>
 pub async fn put_field(
     State(state): State<AppState>,
     Path((org, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
-) -> Result<Json<FieldInfo>, Problem> {
-    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Write)?;
+) -> Result<Response, Problem> {
+    let org = caller.org_id(&org)?;
     let change: FieldChange = json_body(&body)?;
     if change.ty.is_none() && change.description.is_none() {
         return Err(Problem::field(
@@ -434,19 +431,11 @@ pub async fn put_field(
         .runtime
         .put_field(org, &name, change.ty, change.description)
         .await?;
-    let summary = json!({"type": field.ty, "changed_type": change.ty.is_some()});
-    let runtime = state.runtime.clone();
-    super::blocking(&state, move |_| {
-        runtime.audit(
-            org,
-            &actor,
-            "field.changed",
-            &format!("field:{name}"),
-            summary,
-        )
-    })
-    .await?;
-    Ok(Json(field))
+    let note = AuditNote {
+        target: Some(format!("field:{name}")),
+        summary: json!({"type": field.ty, "changed_type": change.ty.is_some()}),
+    };
+    Ok((Extension(note), Json(field)).into_response())
 }
 
 /// Export of a filtered customer list.
@@ -526,11 +515,11 @@ async fn export_page(
 /// truncated file.
 pub async fn export_csv(
     state: &AppState,
-    org: uuid::Uuid,
-    actor: String,
+    caller: &Caller,
     source: ExportSource,
     file_name: &str,
 ) -> Result<Response, Problem> {
+    let org = caller.org;
     let fields = state.runtime.fields(org).await?;
     let first = export_page(&state.runtime, org, &source, None).await?;
     // Who took customer data out, and which: an entry of the activity feed.
@@ -541,11 +530,7 @@ pub async fn export_csv(
             "search": q.search,
         }),
     };
-    let runtime = state.runtime.clone();
-    super::blocking(state, move |_| {
-        runtime.audit(org, &actor, "customers.exported", "customers", summary)
-    })
-    .await?;
+    super::access::record(state, caller, "customers.exported", "customers", summary).await;
     let mut header = vec!["id".to_string()];
     header.extend(fields.iter().map(|f| f.name.clone()));
     header.push("segments".into());
@@ -618,9 +603,9 @@ pub async fn export(
     State(state): State<AppState>,
     Path(org): Path<String>,
     ApiQuery(query): ApiQuery<ExportQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
-    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Read)?;
+    caller.org_id(&org)?;
     let list = ListQuery {
         filter: query.filter,
         q: query.q,
@@ -629,7 +614,7 @@ pub async fn export(
         cursor: None,
     };
     let source = ExportSource::Customers(list_query(&list, 1000)?);
-    export_csv(&state, org, actor, source, "customers.csv").await
+    export_csv(&state, &caller, source, "customers.csv").await
 }
 
 #[utoipa::path(operation_id = "export_segment", get, path = "/api/v1/orgs/{org}/segments/{id}/export", tag = "segments",
@@ -640,15 +625,14 @@ pub async fn export(
 pub async fn export_segment(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
-    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "segment")?;
     state.runtime.get_segment(org, id).await?;
     export_csv(
         &state,
-        org,
-        actor,
+        &caller,
         ExportSource::Segment(id),
         &format!("segment-{id}.csv"),
     )

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
@@ -18,8 +18,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xeno_actors::import::{ImportJob, ImportOptions, job_dir};
 
+use super::access::Caller;
 use super::problem::Problem;
-use super::{Access, ApiQuery, AppState, authorize, authorize_actor, path_id};
+use super::{ApiQuery, AppState, path_id};
+use axum::extract::Extension;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImportList {
@@ -60,10 +62,10 @@ pub struct ImportUpload {
 pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, Problem> {
-    let (org, actor) = authorize_actor(&state, &headers, &org, Access::Write)?;
+    let (org, actor) = caller.org_and_actor(&org)?;
     let mut multipart = multipart.map_err(|e| {
         bad(
             "",
@@ -208,9 +210,9 @@ pub async fn list(
     State(state): State<AppState>,
     Path(org): Path<String>,
     ApiQuery(query): ApiQuery<ImportListQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<ImportList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let limit = super::page_limit(query.limit)?;
     let items = super::blocking(&state, move |r| r.import_jobs(org, limit)).await?;
     Ok(Json(ImportList { items }))
@@ -223,9 +225,9 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<ImportJob>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "import")?;
     Ok(Json(
         super::blocking(&state, move |r| r.import_job(org, id)).await?,
@@ -240,9 +242,9 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<(StatusCode, Json<ImportJob>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "import")?;
     let job = super::blocking(&state, move |r| r.cancel_import(org, id)).await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
@@ -256,9 +258,9 @@ pub async fn cancel(
 pub async fn errors(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "import")?;
     let path = super::blocking(&state, move |r| r.import_report(org, id)).await?;
     let file = tokio::fs::File::open(&path)
@@ -285,9 +287,9 @@ pub async fn errors(
 pub async fn events(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "import")?;
     let runtime = state.runtime.clone();
     let first = {

@@ -2,25 +2,30 @@
 //! under `/api/v1/orgs/{org}`, and the operational routes (`/healthz`,
 //! `/readyz`, `/metrics`).
 
+pub mod access;
+pub mod account;
 pub mod audit;
 pub mod customers;
 pub mod imports;
 pub mod ingest;
+pub mod keys;
+pub mod members;
 pub mod openapi;
 pub mod ops;
+pub mod orgs;
 pub mod problem;
 pub mod segments;
 pub mod webhooks;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
-use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 use xeno_actors::Runtime;
-use xeno_actors::catalog::Role;
 
 use problem::Problem;
 
@@ -30,6 +35,9 @@ pub struct AppState {
     pub runtime: Runtime,
     pub metrics: Option<PrometheusHandle>,
     pub customers: CustomerSettings,
+    pub auth: Arc<crate::auth::Auth>,
+    /// The permission and audit action of every organization-scoped route.
+    pub routes: Arc<access::RouteIndex>,
 }
 
 /// Settings of the customer-data routes.
@@ -37,124 +45,82 @@ pub struct AppState {
 pub struct CustomerSettings {
     /// How long an erased customer's ids stay refused.
     pub suppression: xeno_engine::time::Duration,
-    /// Largest CSV upload.
+    /// Largest CSV upload accepted, in bytes.
     pub max_import_bytes: u64,
 }
 
-/// The whole router.
-pub fn router(state: AppState) -> Router {
-    let org_routes = Router::new()
-        .route("/segments", get(segments::list).post(segments::create))
-        .route("/segments/preview", post(segments::preview))
-        .route(
-            "/segments/{id}",
-            get(segments::get)
-                .put(segments::update)
-                .delete(segments::delete),
-        )
-        .route("/segments/{id}/members", get(segments::members))
-        .route("/customers", get(customers::list).post(customers::create))
-        .route("/exports/customers", get(customers::export))
-        .route(
-            "/customers/{id}",
-            get(customers::get)
-                .patch(customers::update)
-                .delete(customers::delete),
-        )
-        .route("/orders", post(customers::create_order))
-        .route("/fields", get(customers::fields))
-        .route("/fields/{name}", axum::routing::put(customers::put_field))
-        .route("/segments/{id}/export", get(customers::export_segment))
-        .route(
-            "/imports",
-            get(imports::list)
-                .post(imports::create)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/imports/{id}", get(imports::get))
-        .route("/imports/{id}/cancel", post(imports::cancel))
-        .route("/imports/{id}/errors", get(imports::errors))
-        .route("/imports/{id}/events", get(imports::events))
-        .route("/audit", get(audit::list))
-        .route("/webhooks", get(webhooks::list).post(webhooks::create))
-        .route(
-            "/webhooks/{id}",
-            get(webhooks::get)
-                .put(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route("/webhooks/{id}/rotate", post(webhooks::rotate))
-        .route("/webhooks/{id}/test", post(webhooks::test))
-        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
-        .route(
-            "/webhooks/{id}/deliveries/{delivery}/replay",
-            post(webhooks::replay),
-        );
-    Router::new()
+/// The whole router. Organization-scoped routes come from the access table
+/// ([`access::org_router`]); the routes of people (accounts, sessions, their
+/// organizations, invitation links) authenticate in their handlers.
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+    let routes = Router::new()
         .route("/v1/{endpoint}", post(ingest::ingest))
-        .nest("/api/v1/orgs/{org}", org_routes)
+        .route("/api/v1/auth/signup", post(account::signup))
+        .route("/api/v1/auth/verify-email", get(account::verify_email))
+        .route("/api/v1/auth/login", post(account::login))
+        .route("/api/v1/auth/refresh", post(account::refresh))
+        .route("/api/v1/auth/logout", post(account::logout))
+        .route(
+            "/api/v1/auth/password/forgot",
+            post(account::forgot_password),
+        )
+        .route("/api/v1/auth/password/reset", post(account::reset_password))
+        .route("/api/v1/auth/jwks", get(account::jwks))
+        .route("/api/v1/auth/oidc/start", get(account::oidc_start))
+        .route("/api/v1/auth/oidc/callback", get(account::oidc_callback))
+        .route("/api/v1/me", get(account::me))
+        .route("/api/v1/me/sessions", get(account::sessions))
+        .route("/api/v1/me/sessions/{id}", delete(account::revoke_session))
+        .route("/api/v1/me/security-events", get(account::security_events))
+        .route("/api/v1/orgs", get(orgs::list_mine).post(orgs::create))
+        .route("/api/v1/invitations/{token}", get(account::get_invitation))
+        .route(
+            "/api/v1/invitations/{token}/accept",
+            post(account::accept_invitation),
+        )
+        .route(
+            "/api/v1/invitations/{token}/decline",
+            post(account::decline_invitation),
+        )
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(access::org_router(state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .with_state(state)
-}
-
-/// How much a route needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
-
-/// Checks the bearer key against the organization in the path and returns the
-/// organization's id. A key of another organization gets the same 404 as an
-/// unknown organization, so org slugs cannot be probed.
-pub fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    slug: &str,
-    access: Access,
-) -> Result<Uuid, Problem> {
-    authorize_actor(state, headers, slug, access).map(|(org, _)| org)
-}
-
-/// [`authorize`], also naming the caller for the activity feed
-/// (`key:{api key id}`).
-pub fn authorize_actor(
-    state: &AppState,
-    headers: &HeaderMap,
-    slug: &str,
-    access: Access,
-) -> Result<(Uuid, String), Problem> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
-    let key = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <key>`"))?;
-    let principal = state
-        .runtime
-        .principal(key)
-        .ok_or_else(|| Problem::unauthorized("the API key is not valid"))?;
-    let org = state
-        .runtime
-        .org_by_slug(slug)
-        .filter(|o| o.id == principal.org)
-        .ok_or_else(|| Problem::not_found("organization"))?;
-    if access == Access::Write && principal.role == Role::Viewer {
-        return Err(Problem::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "this API key may only read",
-        ));
+        .with_state(state);
+    match cors(cors_origins) {
+        Some(layer) => routes.layer(layer),
+        None => routes,
     }
-    Ok((org.id, format!("key:{}", principal.key_id)))
+}
+
+/// CORS for the configured origins only (none: browsers may not call
+/// cross-origin at all).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Parses a JSON body into `T`, with a problem naming what is wrong.

@@ -3,14 +3,16 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use xeno_actors::{SegmentInfo, parse_rule};
 
+use super::access::Caller;
 use super::problem::Problem;
-use super::{Access, ApiBody, ApiQuery, AppState, authorize, json_body, page_limit, path_id};
+use super::{ApiBody, ApiQuery, AppState, json_body, page_limit, path_id};
+use axum::extract::Extension;
 
 /// A new segment, or a change of one.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -76,10 +78,10 @@ fn required_rule(rule: &Option<Value>) -> Result<&Value, Problem> {
 pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<SegmentInfo>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let body: SegmentBody = json_body(&body)?;
     let name = body
         .name
@@ -97,9 +99,9 @@ pub async fn list(
     State(state): State<AppState>,
     Path(org): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<SegmentList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let limit = page_limit(query.limit)?;
     let page = state
         .runtime
@@ -118,9 +120,9 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<SegmentInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "segment")?;
     Ok(Json(state.runtime.get_segment(org, id).await?))
 }
@@ -133,10 +135,10 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<SegmentInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "segment")?;
     let body: SegmentBody = json_body(&body)?;
     let rule = body.rule.as_ref().map(parse_rule).transpose()?;
@@ -154,9 +156,9 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<StatusCode, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "segment")?;
     state.runtime.delete_segment(org, id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -170,10 +172,10 @@ pub async fn delete(
 pub async fn preview(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<PreviewResult>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let body: PreviewBody = json_body(&body)?;
     let sample = body.sample.unwrap_or(10);
     if sample > 100 {
@@ -196,9 +198,9 @@ pub async fn members(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<PageQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<MemberList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "segment")?;
     let limit = page_limit(query.limit)?;
     let page = state

@@ -3,17 +3,17 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xeno_actors::dispatch::{DeliveryRecord, DeliveryStatus};
 use xeno_actors::{WebhookChange, WebhookInfo};
 
+use super::access::Caller;
 use super::problem::Problem;
-use super::{
-    Access, ApiBody, ApiQuery, AppState, authorize, blocking, json_body, page_limit, path_id,
-};
+use super::{ApiBody, ApiQuery, AppState, blocking, json_body, page_limit, path_id};
+use axum::extract::Extension;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,10 +76,10 @@ pub struct Queued {
 pub async fn create(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<(StatusCode, Json<WebhookInfo>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let body: CreateWebhook = json_body(&body)?;
     let events = body.events.unwrap_or_else(|| {
         xeno_actors::catalog::WEBHOOK_EVENTS
@@ -100,9 +100,9 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<WebhookList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let page = state.runtime.list_webhooks(org)?;
     Ok(Json(WebhookList {
         items: page.items,
@@ -117,9 +117,9 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<WebhookInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     Ok(Json(state.runtime.get_webhook(org, id)?))
 }
@@ -131,10 +131,10 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<WebhookInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     let body: UpdateWebhook = json_body(&body)?;
     let change = WebhookChange {
@@ -155,9 +155,9 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<StatusCode, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     blocking(&state, move |r| r.delete_webhook(org, id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -170,9 +170,9 @@ pub async fn delete(
 pub async fn rotate(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<WebhookInfo>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     Ok(Json(
         blocking(&state, move |r| r.rotate_webhook_secret(org, id)).await?,
@@ -185,9 +185,9 @@ pub async fn rotate(
 pub async fn test(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<(StatusCode, Json<Queued>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     let delivery = blocking(&state, move |r| r.test_webhook(org, id)).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { id: delivery })))
@@ -200,9 +200,9 @@ pub async fn deliveries(
     State(state): State<AppState>,
     Path((org, id)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<DeliveryQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<DeliveryList>, Problem> {
-    let org = authorize(&state, &headers, &org, Access::Read)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     let status = match query.status.as_deref() {
         None => None,
@@ -236,9 +236,9 @@ pub async fn deliveries(
 pub async fn replay(
     State(state): State<AppState>,
     Path((org, id, delivery)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> Result<(StatusCode, Json<Queued>), Problem> {
-    let org = authorize(&state, &headers, &org, Access::Write)?;
+    let org = caller.org_id(&org)?;
     let id = path_id(&id, "webhook")?;
     state.runtime.replay_delivery(org, id, &delivery).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { id: delivery })))

@@ -10,6 +10,8 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -161,11 +163,16 @@ pub struct Server {
 impl Server {
     /// Starts the server and waits for `GET /readyz` to answer 200.
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// [`Server::start`] with more `XENO__...` settings.
+    pub fn start_with(env: &[(&str, String)]) -> Server {
         // The port is free when chosen but another process could take it before the
         // server binds it; a server that exits before it is ready gets another try.
         let mut last_failure = String::new();
         for _ in 0..3 {
-            match Server::try_start() {
+            match Server::try_start(env) {
                 Ok(server) => return server,
                 Err(failure) => last_failure = failure,
             }
@@ -173,13 +180,16 @@ impl Server {
         panic!("xeno serve did not become ready: {last_failure}");
     }
 
-    fn try_start() -> Result<Server, String> {
+    fn try_start(env: &[(&str, String)]) -> Result<Server, String> {
         let data_dir = tempfile::Builder::new()
             .prefix("xeno-e2e-")
             .tempdir()
             .expect("create a temporary data folder");
-        let port = free_loopback_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = env
+            .iter()
+            .find(|(k, _)| *k == "XENO__SERVER__LISTEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_loopback_port()));
         let log_path = data_dir.path().join("server.log");
         let log = fs::File::create(&log_path).expect("create the server log");
         let child = Command::new(env!("CARGO_BIN_EXE_xeno"))
@@ -193,6 +203,11 @@ impl Server {
             .env("XENO__BOOTSTRAP__ADMIN_API_KEY", ADMIN_API_KEY)
             .env("XENO__ENGINE__TICK", "100ms")
             .env("XENO__WEBHOOKS__FIRST_RETRY", "1s")
+            // Cheap password hashes: the tests log in often (the cost is a
+            // setting; production keeps the default).
+            .env("XENO__AUTH__ARGON2_MEMORY_KIB", "1024")
+            .env("XENO__AUTH__ARGON2_ITERATIONS", "1")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             // A plain log file, readable when a failing test prints its end.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -259,6 +274,86 @@ impl Server {
 
     fn bearer() -> String {
         format!("Bearer {ADMIN_API_KEY}")
+    }
+
+    /// The whole server log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Any method on any path, with an optional bearer credential, JSON body
+    /// and extra headers.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        self.call_with(method, path, bearer, body, &[])
+    }
+
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let url = self.url(path);
+        let what = format!(
+            "{method} {url} {}",
+            body.map(Value::to_string).unwrap_or_default()
+        );
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(body.map(Value::to_string).unwrap_or_default())
+            .expect("a valid request");
+        finish(&what, self.agent.run(request)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The answer's headers too (CORS, Retry-After, Location).
+    pub fn call_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, ureq::http::HeaderMap, String) {
+        let url = self.url(path);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(body.map(Value::to_string).unwrap_or_default())
+            .expect("a valid request");
+        let no_redirects: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .build()
+            .into();
+        let mut response = no_redirects
+            .run(request)
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (status, headers, body)
     }
 
     /// GET on the management API of the organization (`path` after the org slug).
