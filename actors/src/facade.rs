@@ -85,6 +85,9 @@ pub enum RuntimeError {
     /// erased customer id, a type change that existing data cannot satisfy.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (403): e.g. an admin changing an owner.
+    #[error("{0}")]
+    Forbidden(String),
     /// Saturated: try again after a while (503).
     #[error("the server is busy; retry in {retry_after_secs} s")]
     Busy { retry_after_secs: u64 },

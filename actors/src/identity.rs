@@ -95,6 +95,19 @@ pub enum RefreshOutcome {
     Invalid,
 }
 
+/// What an OIDC sign-in came to (see [`Runtime::oidc_sign_in`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OidcSignIn {
+    /// The identity was linked to this user already.
+    Existing(UserRecord),
+    /// The identity is now linked to the user who has its email.
+    Linked(UserRecord),
+    /// A new user, with the identity linked.
+    Created(UserRecord),
+    /// Not signed in, and nothing written; the reason, for the person.
+    Refused(String),
+}
+
 /// What a one-time token is for; a token of one purpose never serves another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,7 +220,9 @@ struct InvitationRef {
 }
 
 /// One lock per area of read-check-write sequences: a sign-up does not wait
-/// for a token refresh.
+/// for a token refresh. A change that needs several takes them in this
+/// order, and only this order, so that none deadlocks: users, one-time
+/// tokens, sessions, orgs (keys alone).
 #[derive(Default)]
 pub(crate) struct IdentityLocks {
     users: Mutex<()>,
@@ -453,11 +468,45 @@ impl Runtime {
     /// Writes a changed user. The email and OIDC indexes follow the record;
     /// `Conflict` when the new email or a new OIDC identity belongs to
     /// someone else, `NotFound` for an unknown user.
+    ///
+    /// The whole record is written: a change made by someone else between
+    /// the caller's read and this write is lost. Prefer
+    /// [`Self::update_user`], which reads, changes and writes under the lock.
     pub fn put_user(&self, user: &UserRecord) -> Result<(), RuntimeError> {
         let mut user = user.clone();
         user.email = normalize_email(&user.email)?;
         let _guard = hold(&self.identity_locks().users);
         let old = self.known_user(user.id)?;
+        let writes = self.user_writes(&old, &user)?;
+        self.commit_durably(writes)
+    }
+
+    /// Changes a user by `change` on the record as stored, all under the
+    /// users lock (no concurrent change is lost); the record after. The
+    /// indexes follow, as with [`Self::put_user`].
+    pub fn update_user(
+        &self,
+        id: Uuid,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<UserRecord, RuntimeError> {
+        let _guard = hold(&self.identity_locks().users);
+        let old = self.known_user(id)?;
+        let mut user = old.clone();
+        change(&mut user);
+        user.id = id;
+        user.email = normalize_email(&user.email)?;
+        let writes = self.user_writes(&old, &user)?;
+        self.commit_durably(writes)?;
+        Ok(user)
+    }
+
+    /// The writes that replace `old` by `user`, its email and OIDC indexes
+    /// included. Call under the users lock.
+    fn user_writes(
+        &self,
+        old: &UserRecord,
+        user: &UserRecord,
+    ) -> Result<Vec<StateWrite>, RuntimeError> {
         let mut writes = Vec::new();
         if old.email != user.email {
             if self.store().get(&email_key(&user.email))?.is_some() {
@@ -483,8 +532,8 @@ impl Runtime {
             }
             writes.push(StateWrite::Put(key, encode(&user.id)));
         }
-        writes.push(StateWrite::Put(user_key(user.id), encode(&user)));
-        self.commit_durably(writes)
+        writes.push(StateWrite::Put(user_key(user.id), encode(user)));
+        Ok(writes)
     }
 
     pub fn user_by_oidc(
@@ -534,6 +583,111 @@ impl Runtime {
             StateWrite::Put(key, encode(&user)),
         ])?;
         Ok(record)
+    }
+
+    /// Signs in with an OIDC identity, deciding and writing under the users
+    /// lock (two concurrent sign-ins cannot both create or link):
+    ///
+    /// - the identity is linked already: [`OidcSignIn::Existing`];
+    /// - the provider gave no (usable) email, or does not assert that it is
+    ///   verified: [`OidcSignIn::Refused`], and nothing is written;
+    /// - a verified user has the email: the identity is linked to it
+    ///   ([`OidcSignIn::Linked`]);
+    /// - an unverified user has it (someone signed up with the address and
+    ///   never proved it): the provider's verified owner takes the account
+    ///   over, in one commit: its password, OIDC links, sessions and one-time
+    ///   tokens go, the email is marked verified, the identity is linked
+    ///   ([`OidcSignIn::Linked`]);
+    /// - no user has it: a verified user is created with the link
+    ///   ([`OidcSignIn::Created`]).
+    pub fn oidc_sign_in(
+        &self,
+        issuer: &str,
+        subject: &str,
+        email: Option<&str>,
+        email_verified: bool,
+        name: &str,
+    ) -> Result<OidcSignIn, RuntimeError> {
+        let _users = hold(&self.identity_locks().users);
+        let key = oidc_key(issuer, subject);
+        if let Some(id) = self.get_record::<Uuid>(&key)?
+            && let Some(user) = self.user(id)?
+        {
+            return Ok(OidcSignIn::Existing(user));
+        }
+        let Some(email) = email.map(str::trim).filter(|e| !e.is_empty()) else {
+            return Ok(OidcSignIn::Refused(
+                "the identity provider gave no email address".into(),
+            ));
+        };
+        let Ok(email) = normalize_email(email) else {
+            return Ok(OidcSignIn::Refused(
+                "the identity provider gave no valid email address".into(),
+            ));
+        };
+        if !email_verified {
+            return Ok(OidcSignIn::Refused(
+                "the identity provider does not assert that this email is verified".into(),
+            ));
+        }
+        let link = OidcLink {
+            issuer: issuer.to_string(),
+            subject: subject.to_string(),
+        };
+        let existing = match self.get_record::<Uuid>(&email_key(&email))? {
+            Some(id) => self.user(id)?,
+            None => None,
+        };
+        let Some(mut user) = existing else {
+            let user = UserRecord {
+                id: Uuid::now_v7(),
+                email,
+                name: name.trim().to_string(),
+                password_hash: None,
+                email_verified: true,
+                created_at: now().to_rfc3339(),
+                oidc: vec![link],
+            };
+            self.commit_durably(vec![
+                StateWrite::Put(user_key(user.id), encode(&user)),
+                StateWrite::Put(email_key(&user.email), encode(&user.id)),
+                StateWrite::Put(key, encode(&user.id)),
+            ])?;
+            return Ok(OidcSignIn::Created(user));
+        };
+        if user.email_verified {
+            let mut writes = Vec::new();
+            if !user.oidc.contains(&link) {
+                user.oidc.push(link);
+                writes.push(StateWrite::Put(user_key(user.id), encode(&user)));
+            }
+            writes.push(StateWrite::Put(key, encode(&user.id)));
+            self.commit_durably(writes)?;
+            return Ok(OidcSignIn::Linked(user));
+        }
+        // The take-over. Whoever set the password (or linked another
+        // identity) never proved the address: all of it goes.
+        let _one_time = hold(&self.identity_locks().one_time);
+        let _sessions = hold(&self.identity_locks().sessions);
+        let mut writes = Vec::new();
+        for old in &user.oidc {
+            if *old != link {
+                writes.push(StateWrite::Delete(oidc_key(&old.issuer, &old.subject)));
+            }
+        }
+        writes.extend(self.session_revocations_of(user.id)?);
+        writes.extend(self.one_time_drops_of(user.id)?);
+        user.password_hash = None;
+        user.email_verified = true;
+        user.oidc = vec![link];
+        if !name.trim().is_empty() {
+            user.name = name.trim().to_string();
+        }
+        writes.push(StateWrite::Put(user_key(user.id), encode(&user)));
+        writes.push(StateWrite::Put(key, encode(&user.id)));
+        self.commit_durably(writes)?;
+        tracing::warn!(user = %user.id, %issuer, "an unverified account was taken over by the verified owner of its email");
+        Ok(OidcSignIn::Linked(user))
     }
 
     // ---- one-time tokens -------------------------------------------------------
@@ -612,6 +766,124 @@ impl Runtime {
         self.commit_durably(writes)
     }
 
+    /// A one-time token's payload, leaving the token in place; `None` when
+    /// unknown (or of another purpose) or expired.
+    pub fn peek_one_time(
+        &self,
+        purpose: TokenPurpose,
+        token_hash: &str,
+    ) -> Result<Option<Json>, RuntimeError> {
+        Ok(self
+            .get_record::<OneTime>(&one_time_key(purpose, token_hash))?
+            .filter(|t| t.expires_at_ms > now().0)
+            .map(|t| t.payload))
+    }
+
+    /// The one-time token under `token_hash` and the writes that consume it.
+    /// Call under the one-time lock.
+    fn one_time_consumption(
+        &self,
+        purpose: TokenPurpose,
+        token_hash: &str,
+    ) -> Result<Option<(OneTime, Vec<StateWrite>)>, RuntimeError> {
+        let key = one_time_key(purpose, token_hash);
+        let Some(record) = self.get_record::<OneTime>(&key)? else {
+            return Ok(None);
+        };
+        let mut writes = vec![StateWrite::Delete(key)];
+        if let Some(user) = record.user {
+            writes.push(StateWrite::Delete(with(
+                one_time_user_prefix(user, purpose),
+                token_hash,
+            )));
+        }
+        Ok(Some((record, writes)))
+    }
+
+    /// Writes that void every one-time token naming `user`, whatever its
+    /// purpose. Call under the one-time lock.
+    fn one_time_drops_of(&self, user: Uuid) -> Result<Vec<StateWrite>, RuntimeError> {
+        let prefix = format!("g/ott-user/{user}/").into_bytes();
+        let mut writes = Vec::new();
+        // `rest` is `{purpose}/{hash}`, as under `g/ott/`.
+        for (rest, _) in self.scan_rest(&prefix)? {
+            writes.push(StateWrite::Delete(with(b"g/ott/".to_vec(), &rest)));
+            writes.push(StateWrite::Delete(with(prefix.clone(), &rest)));
+        }
+        Ok(writes)
+    }
+
+    /// Consumes an email-verification token and marks its user verified, in
+    /// one commit: the user record is read and written under the users lock.
+    /// `None` (the token consumed all the same, if it existed) when the token
+    /// is unknown, used or expired, its user is gone, or the user's email is
+    /// no longer the one the token was sent to.
+    pub fn verify_email(&self, token_hash: &str) -> Result<Option<UserRecord>, RuntimeError> {
+        let _users = hold(&self.identity_locks().users);
+        let _one_time = hold(&self.identity_locks().one_time);
+        let Some((token, mut writes)) =
+            self.one_time_consumption(TokenPurpose::VerifyEmail, token_hash)?
+        else {
+            return Ok(None);
+        };
+        let mut user = match token.user {
+            Some(id) if token.expires_at_ms > now().0 => self.user(id)?,
+            _ => None,
+        };
+        if let (Some(u), Some(sent_to)) = (&user, token.payload.get("email").and_then(Json::as_str))
+            && normalize_email(sent_to).ok().as_deref() != Some(u.email.as_str())
+        {
+            user = None;
+        }
+        if let Some(u) = &mut user {
+            u.email_verified = true;
+            writes.push(StateWrite::Put(user_key(u.id), encode(&*u)));
+        }
+        self.commit_durably(writes)?;
+        Ok(user)
+    }
+
+    /// Consumes a password-reset token and, in one commit: sets the user's
+    /// password hash, marks the email verified (the link proved it), revokes
+    /// every session of the user with its refresh tokens, and voids the
+    /// user's other one-time tokens. The user's id; `None` (the token
+    /// consumed all the same, if it existed) when the token is unknown, used
+    /// or expired, or its user is gone.
+    pub fn reset_password(
+        &self,
+        token_hash: &str,
+        password_hash: String,
+    ) -> Result<Option<Uuid>, RuntimeError> {
+        let _users = hold(&self.identity_locks().users);
+        let _one_time = hold(&self.identity_locks().one_time);
+        let _sessions = hold(&self.identity_locks().sessions);
+        let Some((token, mut writes)) =
+            self.one_time_consumption(TokenPurpose::ResetPassword, token_hash)?
+        else {
+            return Ok(None);
+        };
+        let user = match token.user {
+            Some(id) if token.expires_at_ms > now().0 => self.user(id)?,
+            _ => None,
+        };
+        let Some(mut user) = user else {
+            self.commit_durably(writes)?;
+            return Ok(None);
+        };
+        user.password_hash = Some(password_hash);
+        user.email_verified = true;
+        for drop in self.one_time_drops_of(user.id)? {
+            // The token itself is among them.
+            if !writes.contains(&drop) {
+                writes.push(drop);
+            }
+        }
+        writes.extend(self.session_revocations_of(user.id)?);
+        writes.push(StateWrite::Put(user_key(user.id), encode(&user)));
+        self.commit_durably(writes)?;
+        Ok(Some(user.id))
+    }
+
     // ---- sessions ----------------------------------------------------------------
 
     /// A new session of `user` whose first refresh token hashes to
@@ -624,6 +896,9 @@ impl Runtime {
         ip: Option<String>,
         user_agent: Option<String>,
     ) -> Result<SessionRecord, RuntimeError> {
+        // Under the lock, so that a revocation of all the user's sessions
+        // (a password reset) sees this one or comes after it.
+        let _guard = hold(&self.identity_locks().sessions);
         self.known_user(user)?;
         let at = now().to_rfc3339();
         let session = SessionRecord {
@@ -662,6 +937,23 @@ impl Runtime {
         for (hash, _) in self.scan_rest(&prefix)? {
             writes.push(StateWrite::Delete(refresh_key(&hash)));
             writes.push(StateWrite::Delete(with(prefix.clone(), &hash)));
+        }
+        Ok(writes)
+    }
+
+    /// Writes that revoke every session of `user` not revoked yet, expired
+    /// ones too. Call under the sessions lock.
+    fn session_revocations_of(&self, user: Uuid) -> Result<Vec<StateWrite>, RuntimeError> {
+        let mut writes = Vec::new();
+        for (id, _) in self.scan_rest(&user_sessions_prefix(user))? {
+            let Ok(id) = Uuid::parse_str(&id) else {
+                continue;
+            };
+            if let Some(mut s) = self.session(id)?
+                && !s.revoked
+            {
+                writes.extend(self.revocation(&mut s)?);
+            }
         }
         Ok(writes)
     }
@@ -980,11 +1272,27 @@ impl Runtime {
 
     /// Changes a member's role; the role before and the membership after.
     /// `Conflict` when that would leave the organization without an owner.
+    /// (No caller: as [`Self::set_role_by`] an owner.)
     pub fn set_role(
         &self,
         org: Uuid,
         user: Uuid,
         role: Role,
+    ) -> Result<(Role, Membership), RuntimeError> {
+        self.set_role_by(org, user, role, Role::Owner)
+    }
+
+    /// Changes a member's role on behalf of a caller whose role is `by`; the
+    /// role before and the membership after. Checked and written under the
+    /// orgs lock: `NotFound` if not a member; `Forbidden` when the member is
+    /// an owner, or `role` is owner, and `by` is not owner; `Conflict` when
+    /// that would leave the organization without an owner.
+    pub fn set_role_by(
+        &self,
+        org: Uuid,
+        user: Uuid,
+        role: Role,
+        by: Role,
     ) -> Result<(Role, Membership), RuntimeError> {
         let _guard = hold(&self.identity_locks().orgs);
         self.known_org(org)?;
@@ -992,6 +1300,18 @@ impl Runtime {
             .get_record::<Membership>(&with(member_prefix(org), user))?
             .ok_or_else(|| RuntimeError::NotFound(format!("member {user}")))?;
         let before = membership.role;
+        if by != Role::Owner {
+            if before == Role::Owner {
+                return Err(RuntimeError::Forbidden(
+                    "only an owner may change the role of an owner".into(),
+                ));
+            }
+            if role == Role::Owner {
+                return Err(RuntimeError::Forbidden(
+                    "only an owner may make a member owner".into(),
+                ));
+            }
+        }
         if before == role {
             return Ok((before, membership));
         }
@@ -1007,13 +1327,31 @@ impl Runtime {
     }
 
     /// Removes `user` from `org`; the membership it had. `Conflict` for the
-    /// last owner.
+    /// last owner. (No caller: as [`Self::remove_member_by`] an owner.)
     pub fn remove_member(&self, org: Uuid, user: Uuid) -> Result<Membership, RuntimeError> {
+        self.remove_member_by(org, user, Role::Owner)
+    }
+
+    /// Removes `user` from `org` on behalf of a caller whose role is `by`;
+    /// the membership it had. Checked and written under the orgs lock:
+    /// `NotFound` if not a member; `Forbidden` when the member is an owner
+    /// and `by` is not owner; `Conflict` for the last owner.
+    pub fn remove_member_by(
+        &self,
+        org: Uuid,
+        user: Uuid,
+        by: Role,
+    ) -> Result<Membership, RuntimeError> {
         let _guard = hold(&self.identity_locks().orgs);
         self.known_org(org)?;
         let membership = self
             .get_record::<Membership>(&with(member_prefix(org), user))?
             .ok_or_else(|| RuntimeError::NotFound(format!("member {user}")))?;
+        if membership.role == Role::Owner && by != Role::Owner {
+            return Err(RuntimeError::Forbidden(
+                "only an owner may remove an owner".into(),
+            ));
+        }
         if membership.role == Role::Owner && self.owner_count(org)? <= 1 {
             return Err(RuntimeError::Conflict(
                 "the last owner of an organization cannot be removed; make another member owner first"
@@ -1109,7 +1447,10 @@ impl Runtime {
     }
 
     /// Writes a changed invitation (a new status; or a resend, with a new
-    /// token hash and expiry: `old_token_hash` stops leading to it).
+    /// token hash and expiry: `old_token_hash` stops leading to it). Writes
+    /// the whole record without checking its status: prefer the
+    /// compare-and-set [`Self::accept_invitation`],
+    /// [`Self::close_invitation`] and [`Self::renew_invitation`].
     pub fn put_invitation(
         &self,
         invitation: &Invitation,
@@ -1138,6 +1479,142 @@ impl Runtime {
             writes.push(StateWrite::Delete(invitation_token_key(old)));
         }
         self.commit_durably(writes)
+    }
+
+    /// Accepts the pending invitation a link's token (by hash) leads to, for
+    /// `user`. Checked under the orgs lock: the organization still exists,
+    /// the invitation is pending, `token_hash` is its current token, it has
+    /// not expired at `now_ms`, `user` has the invited email and is not a
+    /// member yet. Then one commit: the membership, the invitation marked
+    /// accepted, and the token forgotten (the link leads nowhere after).
+    /// `NotFound("invitation")` for an unknown or replaced token; `Conflict`
+    /// ("the invitation is accepted|declined|cancelled|expired", or already
+    /// a member); `Forbidden` when `user` has another email.
+    pub fn accept_invitation(
+        &self,
+        token_hash: &str,
+        user: Uuid,
+        now_ms: i64,
+    ) -> Result<(Invitation, Membership), RuntimeError> {
+        let _guard = hold(&self.identity_locks().orgs);
+        let mut invitation = self
+            .invitation_by_token(token_hash)?
+            .ok_or_else(|| RuntimeError::NotFound("invitation".into()))?;
+        if self.catalog().org(invitation.org).is_none() {
+            return Err(RuntimeError::NotFound("invitation".into()));
+        }
+        pending_or_conflict(&invitation)?;
+        if invitation.expires_at_ms <= now_ms {
+            return Err(RuntimeError::Conflict("the invitation is expired".into()));
+        }
+        let person = self.known_user(user)?;
+        if person.email != invitation.email {
+            return Err(RuntimeError::Forbidden(
+                "this invitation is for another email address".into(),
+            ));
+        }
+        if self.membership(invitation.org, user)?.is_some() {
+            return Err(RuntimeError::Conflict(
+                "the user is a member of this organization already".into(),
+            ));
+        }
+        let membership = Membership {
+            org: invitation.org,
+            user,
+            role: invitation.role,
+            joined_at: now().to_rfc3339(),
+        };
+        invitation.status = InvitationStatus::Accepted;
+        let mut writes = Self::membership_writes(&membership);
+        writes.push(StateWrite::Put(
+            with(invitation_prefix(invitation.org), invitation.id),
+            encode(&invitation),
+        ));
+        writes.push(StateWrite::Delete(invitation_token_key(token_hash)));
+        self.commit_durably(writes)?;
+        Ok((invitation, membership))
+    }
+
+    /// Moves a pending invitation to `to`, declined or cancelled, and forgets
+    /// its token; the invitation after. A compare-and-set under the orgs
+    /// lock: `Conflict` unless still pending. A decline by link passes the
+    /// link's `token_hash`: `NotFound` unless it is the current token.
+    pub fn close_invitation(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        token_hash: Option<&str>,
+        to: InvitationStatus,
+    ) -> Result<Invitation, RuntimeError> {
+        if !matches!(to, InvitationStatus::Declined | InvitationStatus::Cancelled) {
+            return Err(invalid(
+                "/status",
+                "an invitation is closed as declined or cancelled",
+            ));
+        }
+        let _guard = hold(&self.identity_locks().orgs);
+        self.known_org(org)?;
+        let key = with(invitation_prefix(org), id);
+        let mut invitation = self
+            .get_record::<Invitation>(&key)?
+            .ok_or_else(|| RuntimeError::NotFound("invitation".into()))?;
+        if token_hash.is_some_and(|h| h != invitation.token_hash) {
+            return Err(RuntimeError::NotFound("invitation".into()));
+        }
+        pending_or_conflict(&invitation)?;
+        invitation.status = to;
+        self.commit_durably(vec![
+            StateWrite::Put(key, encode(&invitation)),
+            StateWrite::Delete(invitation_token_key(&invitation.token_hash)),
+        ])?;
+        Ok(invitation)
+    }
+
+    /// Gives a pending invitation a new token and expiry (a resend); the
+    /// invitation after. Under the orgs lock, in one commit: the old token
+    /// stops leading to it, the new one starts. `Conflict` unless pending,
+    /// or when another pending, unexpired invitation for the email exists.
+    pub fn renew_invitation(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        new_token_hash: &str,
+        expires_at_ms: i64,
+    ) -> Result<Invitation, RuntimeError> {
+        let _guard = hold(&self.identity_locks().orgs);
+        self.known_org(org)?;
+        let key = with(invitation_prefix(org), id);
+        let mut invitation = self
+            .get_record::<Invitation>(&key)?
+            .ok_or_else(|| RuntimeError::NotFound("invitation".into()))?;
+        pending_or_conflict(&invitation)?;
+        let now = now().0;
+        if self.invitations(org)?.iter().any(|i| {
+            i.id != id
+                && i.email == invitation.email
+                && i.status == InvitationStatus::Pending
+                && i.expires_at_ms > now
+        }) {
+            return Err(RuntimeError::Conflict(format!(
+                "{} has another pending invitation to this organization",
+                invitation.email
+            )));
+        }
+        let mut writes = Vec::new();
+        if invitation.token_hash != new_token_hash {
+            writes.push(StateWrite::Delete(invitation_token_key(
+                &invitation.token_hash,
+            )));
+        }
+        invitation.token_hash = new_token_hash.to_string();
+        invitation.expires_at_ms = expires_at_ms;
+        writes.push(StateWrite::Put(key, encode(&invitation)));
+        writes.push(StateWrite::Put(
+            invitation_token_key(new_token_hash),
+            encode(&InvitationRef { org, id }),
+        ));
+        self.commit_durably(writes)?;
+        Ok(invitation)
     }
 
     // ---- machine keys ------------------------------------------------------------
@@ -1258,6 +1735,19 @@ impl Runtime {
         self.uncache_secret(record.kind, &hash);
         Ok(record)
     }
+}
+
+/// `Conflict("the invitation is accepted|declined|cancelled")` unless pending.
+fn pending_or_conflict(invitation: &Invitation) -> Result<(), RuntimeError> {
+    let status = match invitation.status {
+        InvitationStatus::Pending => return Ok(()),
+        InvitationStatus::Accepted => "accepted",
+        InvitationStatus::Declined => "declined",
+        InvitationStatus::Cancelled => "cancelled",
+    };
+    Err(RuntimeError::Conflict(format!(
+        "the invitation is {status}"
+    )))
 }
 
 /// How an API key authenticates (`g/ak/`): the same record the bootstrap

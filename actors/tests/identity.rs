@@ -2,61 +2,23 @@
 //! signing in, refreshing, inviting and issuing keys would notice, before and
 //! after a restart of the process.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use uuid::Uuid;
 use xeno_actors::catalog::Role;
-use xeno_actors::dispatch::DispatchSettings;
-use xeno_actors::identity::{InvitationStatus, KeyKind, RefreshOutcome, TokenPurpose};
-use xeno_actors::shard::ShardSettings;
-use xeno_actors::{Bootstrap, Ports, Runtime, RuntimeError, RuntimeSettings};
+use xeno_actors::identity::{InvitationStatus, KeyKind, OidcSignIn, RefreshOutcome, TokenPurpose};
+use xeno_actors::{Ports, Runtime, RuntimeError, RuntimeSettings};
 use xeno_connectors::embedded::{EventLog, StateStore};
-use xeno_engine::ports::{PortError, WebhookOutcome, WebhookPort, WebhookRequest};
-use xeno_engine::shard::ShardConfig;
-use xeno_engine::time::Duration as EngineDuration;
 
-/// No webhooks are involved here.
-struct NoWebhooks;
+mod common;
 
-impl WebhookPort for NoWebhooks {
-    fn new_secret(&self) -> Result<String, PortError> {
-        Ok("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())
-    }
-
-    fn send(
-        &self,
-        _request: WebhookRequest,
-    ) -> Pin<Box<dyn Future<Output = WebhookOutcome> + Send + 'static>> {
-        Box::pin(async { WebhookOutcome::Status(200) })
-    }
-}
+use common::Ok200 as NoWebhooks;
 
 fn settings(dir: &Path) -> RuntimeSettings {
-    RuntimeSettings {
-        shard: ShardSettings {
-            engine: ShardConfig {
-                tick: EngineDuration(100),
-                dedup_window: EngineDuration(24 * 3_600_000),
-            },
-            snapshot_every: Duration::from_secs(3600),
-            snapshot_after_events: 1_000_000,
-            log_retention_ms: 7 * 24 * 3_600_000,
-        },
-        dispatch: DispatchSettings::default(),
-        tick: Duration::from_millis(50),
-        max_inflight_per_partition: 100_000,
-        import_dir: dir.join("imports"),
-        bootstrap: Some(Bootstrap {
-            org: "demo".into(),
-            write_key: Some("wk_test".into()),
-            admin_api_key: Some("xk_test".into()),
-        }),
-    }
+    common::settings(dir.join("imports"), "demo", "wk_test", "xk_test")
 }
 
 /// Starts a runtime on `dir`, runs `f` on it, and stops it: each call is one
@@ -92,6 +54,10 @@ fn now_ms() -> i64 {
 
 fn is_conflict<T: std::fmt::Debug>(result: Result<T, RuntimeError>) -> bool {
     matches!(result, Err(RuntimeError::Conflict(_)))
+}
+
+fn is_forbidden<T: std::fmt::Debug>(result: Result<T, RuntimeError>) -> bool {
+    matches!(result, Err(RuntimeError::Forbidden(_)))
 }
 
 #[test]
@@ -638,5 +604,509 @@ fn audit_entries_past_the_retention_are_pruned() {
             .map(|e| e.action)
             .collect();
         assert_eq!(events, vec!["user.logged_out"]);
+    });
+}
+
+#[test]
+fn only_an_owner_changes_or_removes_an_owner_or_makes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    with_runtime(dir.path(), |rt| {
+        let ada = rt
+            .create_user("ada@example.com", "Ada", None, true)
+            .unwrap();
+        let bob = rt
+            .create_user("bob@example.com", "Bob", None, true)
+            .unwrap();
+        let cat = rt
+            .create_user("cat@example.com", "Cat", None, true)
+            .unwrap();
+        let org = rt.create_org("acme", "Acme", ada.id).unwrap().id;
+        rt.add_member(org, bob.id, Role::Admin).unwrap();
+        rt.add_member(org, cat.id, Role::Viewer).unwrap();
+
+        // An admin can neither touch an owner nor make one.
+        assert!(is_forbidden(rt.set_role_by(
+            org,
+            ada.id,
+            Role::Viewer,
+            Role::Admin
+        )));
+        assert!(is_forbidden(rt.set_role_by(
+            org,
+            ada.id,
+            Role::Owner,
+            Role::Admin
+        )));
+        assert!(is_forbidden(rt.set_role_by(
+            org,
+            cat.id,
+            Role::Owner,
+            Role::Admin
+        )));
+        assert!(is_forbidden(rt.set_role_by(
+            org,
+            bob.id,
+            Role::Owner,
+            Role::Admin
+        )));
+        assert!(is_forbidden(rt.remove_member_by(org, ada.id, Role::Admin)));
+        assert_eq!(rt.membership(org, ada.id).unwrap(), Some(Role::Owner));
+        assert_eq!(rt.membership(org, cat.id).unwrap(), Some(Role::Viewer));
+        // But may change and remove the others.
+        let (before, after) = rt
+            .set_role_by(org, cat.id, Role::Editor, Role::Admin)
+            .unwrap();
+        assert_eq!((before, after.role), (Role::Viewer, Role::Editor));
+        assert!(matches!(
+            rt.set_role_by(org, Uuid::now_v7(), Role::Viewer, Role::Admin),
+            Err(RuntimeError::NotFound(_))
+        ));
+
+        // The only owner stays, whoever asks.
+        assert!(is_conflict(rt.set_role_by(
+            org,
+            ada.id,
+            Role::Admin,
+            Role::Owner
+        )));
+        assert!(is_conflict(rt.remove_member_by(org, ada.id, Role::Owner)));
+
+        // An owner may make an owner, then demote and remove one.
+        let (_, made) = rt
+            .set_role_by(org, cat.id, Role::Owner, Role::Owner)
+            .unwrap();
+        assert_eq!(made.role, Role::Owner);
+        assert!(is_forbidden(rt.remove_member_by(org, cat.id, Role::Admin)));
+        let (before, _) = rt
+            .set_role_by(org, cat.id, Role::Viewer, Role::Owner)
+            .unwrap();
+        assert_eq!(before, Role::Owner);
+        rt.set_role_by(org, cat.id, Role::Owner, Role::Owner)
+            .unwrap();
+        let gone = rt.remove_member_by(org, cat.id, Role::Owner).unwrap();
+        assert_eq!(gone.role, Role::Owner);
+        assert_eq!(rt.membership(org, cat.id).unwrap(), None);
+        let gone = rt.remove_member_by(org, bob.id, Role::Admin).unwrap();
+        assert_eq!(gone.role, Role::Admin);
+        assert!(rt.orgs_of(bob.id).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn an_invitation_is_accepted_once_and_only_while_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = now_ms() + 3_600_000;
+    with_runtime(dir.path(), |rt| {
+        let ada = rt
+            .create_user("ada@example.com", "Ada", None, true)
+            .unwrap();
+        let carol = rt
+            .create_user("carol@example.com", "Carol", None, true)
+            .unwrap();
+        let dan = rt
+            .create_user("dan@example.com", "Dan", None, true)
+            .unwrap();
+        let org = rt.create_org("acme", "Acme", ada.id).unwrap().id;
+
+        // Cancelled, then accepted: refused, and no member.
+        let first = rt
+            .create_invitation(org, "carol@example.com", Role::Editor, ada.id, "c1", later)
+            .unwrap();
+        let cancelled = rt
+            .close_invitation(org, first.id, None, InvitationStatus::Cancelled)
+            .unwrap();
+        assert_eq!(cancelled.status, InvitationStatus::Cancelled);
+        assert!(
+            rt.accept_invitation("c1", carol.id, now_ms()).is_err(),
+            "a cancelled invitation is not accepted"
+        );
+        assert_eq!(rt.membership(org, carol.id).unwrap(), None);
+        assert!(is_conflict(rt.close_invitation(
+            org,
+            first.id,
+            None,
+            InvitationStatus::Declined
+        )));
+        assert!(is_conflict(
+            rt.renew_invitation(org, first.id, "c1b", later)
+        ));
+
+        // Declined by its link: only the current token declines.
+        let second = rt
+            .create_invitation(org, "carol@example.com", Role::Editor, ada.id, "c2", later)
+            .unwrap();
+        assert!(matches!(
+            rt.close_invitation(org, second.id, Some("c1"), InvitationStatus::Declined),
+            Err(RuntimeError::NotFound(_))
+        ));
+        assert!(matches!(
+            rt.close_invitation(org, second.id, Some("c2"), InvitationStatus::Accepted),
+            Err(RuntimeError::Invalid { .. })
+        ));
+        rt.close_invitation(org, second.id, Some("c2"), InvitationStatus::Declined)
+            .unwrap();
+        assert!(rt.accept_invitation("c2", carol.id, now_ms()).is_err());
+        assert_eq!(rt.membership(org, carol.id).unwrap(), None);
+        assert_eq!(
+            rt.invitation(org, second.id).unwrap().unwrap().status,
+            InvitationStatus::Declined
+        );
+
+        // Renewed: the old link is dead, the new one works once.
+        let third = rt
+            .create_invitation(org, "carol@example.com", Role::Admin, ada.id, "c3", later)
+            .unwrap();
+        let renewed = rt
+            .renew_invitation(org, third.id, "c4", later + 1000)
+            .unwrap();
+        assert_eq!(
+            (renewed.token_hash.as_str(), renewed.expires_at_ms),
+            ("c4", later + 1000)
+        );
+        assert!(matches!(
+            rt.accept_invitation("c3", carol.id, now_ms()),
+            Err(RuntimeError::NotFound(_) | RuntimeError::Conflict(_))
+        ));
+        assert_eq!(rt.membership(org, carol.id).unwrap(), None);
+        assert!(is_forbidden(rt.accept_invitation("c4", dan.id, now_ms())));
+        assert!(
+            is_conflict(rt.accept_invitation("c4", carol.id, later + 1000)),
+            "expired at its expiry"
+        );
+        let (accepted, membership) = rt.accept_invitation("c4", carol.id, now_ms()).unwrap();
+        assert_eq!(accepted.status, InvitationStatus::Accepted);
+        assert_eq!((membership.user, membership.role), (carol.id, Role::Admin));
+        assert_eq!(rt.membership(org, carol.id).unwrap(), Some(Role::Admin));
+        assert_eq!(rt.orgs_of(carol.id).unwrap().len(), 1);
+        assert!(
+            rt.invitation_by_token("c4").unwrap().is_none(),
+            "the link is spent"
+        );
+        assert!(rt.accept_invitation("c4", carol.id, now_ms()).is_err());
+        assert_eq!(
+            rt.invitation(org, third.id).unwrap().unwrap().status,
+            InvitationStatus::Accepted
+        );
+        assert!(is_conflict(rt.close_invitation(
+            org,
+            third.id,
+            None,
+            InvitationStatus::Cancelled
+        )));
+    });
+}
+
+#[test]
+fn two_concurrent_accepts_of_one_invitation_make_one_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = now_ms() + 3_600_000;
+    with_runtime(dir.path(), |rt| {
+        let ada = rt
+            .create_user("ada@example.com", "Ada", None, true)
+            .unwrap();
+        let org = rt.create_org("acme", "Acme", ada.id).unwrap().id;
+        for round in 0..5 {
+            let email = format!("eve{round}@example.com");
+            let eve = rt.create_user(&email, "Eve", None, true).unwrap();
+            let token = format!("e{round}");
+            rt.create_invitation(org, &email, Role::Viewer, ada.id, &token, later)
+                .unwrap();
+            let barrier = std::sync::Barrier::new(4);
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            rt.accept_invitation(&token, eve.id, now_ms())
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert_eq!(
+                results.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{results:?}"
+            );
+            assert_eq!(rt.membership(org, eve.id).unwrap(), Some(Role::Viewer));
+        }
+    });
+}
+
+#[test]
+fn a_password_reset_revokes_every_session_and_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = now_ms() + 3_600_000;
+    with_runtime(dir.path(), |rt| {
+        let ada = rt
+            .create_user(
+                "ada@example.com",
+                "Ada",
+                Some("$argon2id$old".into()),
+                false,
+            )
+            .unwrap();
+        let bob = rt
+            .create_user("bob@example.com", "Bob", None, true)
+            .unwrap();
+        let s1 = rt.create_session(ada.id, "a1", later, None, None).unwrap();
+        let s2 = rt.create_session(ada.id, "a2", later, None, None).unwrap();
+        let other = rt.create_session(bob.id, "b1", later, None, None).unwrap();
+        let payload = json!({"user": ada.id.to_string()});
+        rt.put_one_time(TokenPurpose::ResetPassword, "r1", payload.clone(), later)
+            .unwrap();
+        rt.put_one_time(TokenPurpose::ResetPassword, "r2", payload.clone(), later)
+            .unwrap();
+        rt.put_one_time(TokenPurpose::VerifyEmail, "v1", payload.clone(), later)
+            .unwrap();
+        rt.put_one_time(
+            TokenPurpose::ResetPassword,
+            "stale",
+            payload.clone(),
+            now_ms() - 1,
+        )
+        .unwrap();
+
+        // Peeking leaves the token in place.
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::ResetPassword, "r1").unwrap(),
+            Some(payload.clone())
+        );
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::ResetPassword, "r1").unwrap(),
+            Some(payload.clone())
+        );
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::VerifyEmail, "r1").unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::ResetPassword, "stale")
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::ResetPassword, "nope")
+                .unwrap(),
+            None
+        );
+
+        assert_eq!(
+            rt.reset_password("stale", "$argon2id$x".into()).unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.reset_password("nope", "$argon2id$x".into()).unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.reset_password("r1", "$argon2id$new".into()).unwrap(),
+            Some(ada.id)
+        );
+        let after = rt.user(ada.id).unwrap().unwrap();
+        assert_eq!(after.password_hash.as_deref(), Some("$argon2id$new"));
+        assert!(after.email_verified);
+        assert!(rt.sessions_of(ada.id).unwrap().is_empty());
+        for id in [s1.id, s2.id] {
+            assert!(rt.session(id).unwrap().unwrap().revoked);
+        }
+        for hash in ["a1", "a2"] {
+            assert_eq!(
+                rt.rotate_refresh(hash, &format!("{hash}-next"), None, None)
+                    .unwrap(),
+                RefreshOutcome::Invalid
+            );
+        }
+        assert_eq!(rt.sessions_of(bob.id).unwrap(), vec![other]);
+
+        // Used once; the user's other tokens are void too.
+        assert_eq!(
+            rt.reset_password("r1", "$argon2id$again".into()).unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.reset_password("r2", "$argon2id$again".into()).unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::VerifyEmail, "v1").unwrap(),
+            None
+        );
+        assert_eq!(
+            rt.user(ada.id).unwrap().unwrap().password_hash.as_deref(),
+            Some("$argon2id$new")
+        );
+    });
+}
+
+#[test]
+fn an_email_verification_link_works_once_for_the_address_it_was_sent_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = now_ms() + 3_600_000;
+    with_runtime(dir.path(), |rt| {
+        let ada = rt
+            .create_user("ada@example.com", "Ada", Some("$argon2id$pw".into()), false)
+            .unwrap();
+        let user = json!({"user": ada.id.to_string()});
+        rt.put_one_time(TokenPurpose::VerifyEmail, "v1", user.clone(), later)
+            .unwrap();
+        rt.put_one_time(
+            TokenPurpose::VerifyEmail,
+            "v-old-address",
+            json!({"user": ada.id.to_string(), "email": "old@example.com"}),
+            later,
+        )
+        .unwrap();
+        rt.put_one_time(TokenPurpose::ResetPassword, "r1", user.clone(), later)
+            .unwrap();
+        assert_eq!(rt.verify_email("r1").unwrap(), None, "another purpose");
+        assert_eq!(rt.verify_email("v-old-address").unwrap(), None);
+        assert!(!rt.user(ada.id).unwrap().unwrap().email_verified);
+        let verified = rt.verify_email("v1").unwrap().unwrap();
+        assert!(verified.email_verified);
+        assert_eq!(verified.password_hash.as_deref(), Some("$argon2id$pw"));
+        assert_eq!(rt.user(ada.id).unwrap().unwrap(), verified);
+        assert_eq!(rt.verify_email("v1").unwrap(), None);
+        assert!(
+            rt.peek_one_time(TokenPurpose::ResetPassword, "r1")
+                .unwrap()
+                .is_some()
+        );
+
+        // A read-modify-write of a user loses no concurrent change.
+        let renamed = rt
+            .update_user(ada.id, |u| u.name = "Ada L.".into())
+            .unwrap();
+        assert!(renamed.email_verified);
+        assert_eq!(rt.user(ada.id).unwrap().unwrap().name, "Ada L.");
+    });
+}
+
+#[test]
+fn an_oidc_sign_in_links_creates_refuses_or_takes_over_an_unproven_account() {
+    const ISSUER: &str = "https://accounts.example";
+    let dir = tempfile::tempdir().unwrap();
+    let later = now_ms() + 3_600_000;
+    with_runtime(dir.path(), |rt| {
+        // Refused: nothing written.
+        assert_eq!(
+            rt.oidc_sign_in(ISSUER, "s0", None, true, "Nobody").unwrap(),
+            OidcSignIn::Refused("the identity provider gave no email address".into())
+        );
+        assert_eq!(
+            rt.oidc_sign_in(ISSUER, "s0", Some("new@example.com"), false, "New")
+                .unwrap(),
+            OidcSignIn::Refused(
+                "the identity provider does not assert that this email is verified".into()
+            )
+        );
+        assert!(rt.user_by_email("new@example.com").unwrap().is_none());
+        assert!(rt.user_by_oidc(ISSUER, "s0").unwrap().is_none());
+
+        // Created, then Existing.
+        let OidcSignIn::Created(new) = rt
+            .oidc_sign_in(ISSUER, "s1", Some(" New@Example.com "), true, " New ")
+            .unwrap()
+        else {
+            panic!("a new user");
+        };
+        assert_eq!(
+            (new.email.as_str(), new.name.as_str()),
+            ("new@example.com", "New")
+        );
+        assert!(new.email_verified && new.password_hash.is_none());
+        assert_eq!(rt.user_by_oidc(ISSUER, "s1").unwrap(), Some(new.clone()));
+        assert_eq!(
+            rt.user_by_email("new@example.com").unwrap(),
+            Some(new.clone())
+        );
+        assert_eq!(
+            rt.oidc_sign_in(ISSUER, "s1", None, false, "").unwrap(),
+            OidcSignIn::Existing(new.clone())
+        );
+
+        // A verified account is linked, its password kept.
+        let bob = rt
+            .create_user("bob@example.com", "Bob", Some("$argon2id$bob".into()), true)
+            .unwrap();
+        let bob_session = rt.create_session(bob.id, "b1", later, None, None).unwrap();
+        let OidcSignIn::Linked(linked) = rt
+            .oidc_sign_in(ISSUER, "s2", Some("bob@example.com"), true, "Robert")
+            .unwrap()
+        else {
+            panic!("linked");
+        };
+        assert_eq!(linked.id, bob.id);
+        assert_eq!(linked.password_hash.as_deref(), Some("$argon2id$bob"));
+        assert_eq!(linked.oidc.len(), 1);
+        assert_eq!(rt.sessions_of(bob.id).unwrap(), vec![bob_session]);
+        assert_eq!(
+            rt.user_by_oidc(ISSUER, "s2").unwrap().map(|u| u.id),
+            Some(bob.id)
+        );
+
+        // An unverified account is refused to an unverified identity...
+        let squat = rt
+            .create_user(
+                "carol@example.com",
+                "Squatter",
+                Some("$argon2id$squat".into()),
+                false,
+            )
+            .unwrap();
+        rt.link_oidc(squat.id, "https://other.example", "x")
+            .unwrap();
+        rt.create_session(squat.id, "q1", later, None, None)
+            .unwrap();
+        rt.put_one_time(
+            TokenPurpose::VerifyEmail,
+            "qv",
+            json!({"user": squat.id.to_string()}),
+            later,
+        )
+        .unwrap();
+        assert!(matches!(
+            rt.oidc_sign_in(ISSUER, "s3", Some("carol@example.com"), false, "Carol")
+                .unwrap(),
+            OidcSignIn::Refused(_)
+        ));
+        assert_eq!(
+            rt.user(squat.id).unwrap().unwrap().password_hash.as_deref(),
+            Some("$argon2id$squat")
+        );
+        assert_eq!(rt.sessions_of(squat.id).unwrap().len(), 1);
+
+        // ... and taken over by a verified one.
+        let OidcSignIn::Linked(carol) = rt
+            .oidc_sign_in(ISSUER, "s3", Some("carol@example.com"), true, "Carol")
+            .unwrap()
+        else {
+            panic!("taken over");
+        };
+        assert_eq!(carol.id, squat.id);
+        assert_eq!(carol.password_hash, None);
+        assert!(carol.email_verified);
+        assert_eq!(carol.name, "Carol");
+        assert_eq!(carol.oidc.len(), 1);
+        assert_eq!(rt.user(squat.id).unwrap().unwrap(), carol);
+        assert!(rt.sessions_of(squat.id).unwrap().is_empty());
+        assert_eq!(
+            rt.rotate_refresh("q1", "q2", None, None).unwrap(),
+            RefreshOutcome::Invalid
+        );
+        assert_eq!(
+            rt.peek_one_time(TokenPurpose::VerifyEmail, "qv").unwrap(),
+            None
+        );
+        assert!(
+            rt.user_by_oidc("https://other.example", "x")
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            rt.oidc_sign_in(ISSUER, "s3", Some("carol@example.com"), true, "Carol")
+                .unwrap(),
+            OidcSignIn::Existing(carol)
+        );
     });
 }

@@ -4,46 +4,27 @@
 //! not bring it back; its slug can be taken again and starts empty; and a
 //! deletion interrupted after its mark is finished by the next start.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 use xeno_actors::catalog::encode;
-use xeno_actors::dispatch::DispatchSettings;
 use xeno_actors::import::{ImportOptions, ImportStatus, job_dir};
 use xeno_actors::record::LogRecord;
-use xeno_actors::shard::ShardSettings;
 use xeno_actors::{
-    Bootstrap, CustomerListQuery, DeletionMark, Ports, Runtime, RuntimeError, RuntimeSettings,
+    CustomerListQuery, DeletionMark, Ports, Runtime, RuntimeError, RuntimeSettings,
     deletion_mark_key, parse_rule,
 };
 use xeno_connectors::embedded::{EventLog, StateStore};
 use xeno_engine::model::{AttrType, Event};
-use xeno_engine::ports::{
-    PortError, StatePort, StateWrite, WebhookOutcome, WebhookPort, WebhookRequest,
-};
-use xeno_engine::shard::ShardConfig;
+use xeno_engine::ports::{StatePort, StateWrite};
 use xeno_engine::time::{Duration as EngineDuration, Timestamp};
 
-/// Answers every webhook with 200.
-struct Ok200;
+mod common;
 
-impl WebhookPort for Ok200 {
-    fn new_secret(&self) -> Result<String, PortError> {
-        Ok("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())
-    }
-
-    fn send(
-        &self,
-        _: WebhookRequest,
-    ) -> Pin<Box<dyn Future<Output = WebhookOutcome> + Send + 'static>> {
-        Box::pin(async { WebhookOutcome::Status(200) })
-    }
-}
+use common::Ok200;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -64,26 +45,12 @@ impl Env {
     }
 
     fn settings(&self, org: &str) -> RuntimeSettings {
-        RuntimeSettings {
-            shard: ShardSettings {
-                engine: ShardConfig {
-                    tick: EngineDuration(100),
-                    dedup_window: EngineDuration(24 * 3_600_000),
-                },
-                snapshot_every: Duration::from_secs(3600),
-                snapshot_after_events: 1_000_000,
-                log_retention_ms: 7 * 24 * 3_600_000,
-            },
-            dispatch: DispatchSettings::default(),
-            tick: Duration::from_millis(50),
-            max_inflight_per_partition: 100_000,
-            import_dir: self.import_dir(),
-            bootstrap: Some(Bootstrap {
-                org: org.into(),
-                write_key: Some(format!("wk_{org}")),
-                admin_api_key: Some(format!("xk_{org}")),
-            }),
-        }
+        common::settings(
+            self.import_dir(),
+            org,
+            &format!("wk_{org}"),
+            &format!("xk_{org}"),
+        )
     }
 
     /// A runtime bootstrapping `org`, ready.

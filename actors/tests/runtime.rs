@@ -16,12 +16,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use xeno_actors::dispatch::{DeliveryStatus, DispatchSettings};
-use xeno_actors::shard::ShardSettings;
-use xeno_actors::{Bootstrap, Ports, Runtime, RuntimeError, RuntimeSettings, parse_rule};
+use xeno_actors::{Ports, Runtime, RuntimeError, RuntimeSettings, parse_rule};
 use xeno_connectors::embedded::{EventLog, StateStore};
 use xeno_engine::model::Event;
 use xeno_engine::ports::{PortError, StatePort, WebhookOutcome, WebhookPort, WebhookRequest};
-use xeno_engine::shard::ShardConfig;
 use xeno_engine::time::{Duration as EngineDuration, Timestamp};
 
 /// Records every request and answers with the scripted statuses, then 200.
@@ -33,7 +31,7 @@ struct Recorder {
 
 impl WebhookPort for Recorder {
     fn new_secret(&self) -> Result<String, PortError> {
-        Ok("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into())
+        Ok(common::WEBHOOK_SECRET.into())
     }
 
     fn send(
@@ -57,31 +55,18 @@ impl Recorder {
     }
 }
 
+mod common;
+
 fn settings() -> RuntimeSettings {
+    let import_dir =
+        std::env::temp_dir().join(format!("xeno-runtime-imports-{}", std::process::id()));
     RuntimeSettings {
-        shard: ShardSettings {
-            engine: ShardConfig {
-                tick: EngineDuration(100),
-                dedup_window: EngineDuration(24 * 3_600_000),
-            },
-            snapshot_every: Duration::from_secs(3600),
-            snapshot_after_events: 1_000_000,
-            log_retention_ms: 7 * 24 * 3_600_000,
-        },
         dispatch: DispatchSettings {
             first_retry: Duration::from_millis(50),
             max_attempts: 3,
             ..DispatchSettings::default()
         },
-        tick: Duration::from_millis(50),
-        max_inflight_per_partition: 100_000,
-        import_dir: std::env::temp_dir()
-            .join(format!("xeno-runtime-imports-{}", std::process::id())),
-        bootstrap: Some(Bootstrap {
-            org: "demo".into(),
-            write_key: Some("wk_test".into()),
-            admin_api_key: Some("xk_test".into()),
-        }),
+        ..common::settings(import_dir, "demo", "wk_test", "xk_test")
     }
 }
 

@@ -92,7 +92,7 @@ impl Default for AuthConfig {
 }
 
 /// One access-token signing key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningKeyConfig {
     /// Key id, carried in each token's header.
@@ -104,6 +104,18 @@ pub struct SigningKeyConfig {
     /// When the key stopped signing (RFC 3339); it verifies until its last
     /// tokens expire.
     pub retired_at: Option<String>,
+}
+
+// Hand-written: a logged configuration never shows a private key.
+impl std::fmt::Debug for SigningKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyConfig")
+            .field("kid", &self.kid)
+            .field("pem", &self.pem.as_ref().map(|_| "<redacted>"))
+            .field("file", &self.file)
+            .field("retired_at", &self.retired_at)
+            .finish()
+    }
 }
 
 /// `[audit]`: the activity feed.

@@ -9,41 +9,17 @@
 
 mod common;
 
-use common::services::{SmtpSink, invitation_token, query_value};
+use common::services::{PASSWORD, SmtpSink, account, invitation_token};
 use common::{Reply, Server};
 use serde_json::{Value, json};
 use xeno_actors::catalog::Role;
 use xeno_gateway::api::access::{OrgRoute, Permission, org_route_table};
 
-const PASSWORD: &str = "correct horse battery staple";
-
-fn account(server: &Server, sink: &SmtpSink, email: &str) -> String {
-    server
-        .call(
-            "POST",
-            "/api/v1/auth/signup",
-            None,
-            Some(&json!({"email": email, "password": PASSWORD})),
-        )
-        .expect(202, "signup");
-    let token = query_value(&sink.wait_for(email, "Confirm your email", 0).body, "token");
-    server
-        .call(
-            "GET",
-            &format!("/api/v1/auth/verify-email?token={token}"),
-            None,
-            None,
-        )
-        .expect(200, "verify");
-    let tokens = server
-        .call(
-            "POST",
-            "/api/v1/auth/login",
-            None,
-            Some(&json!({"email": email, "password": PASSWORD})),
-        )
-        .expect(200, "login");
-    tokens["access_token"].as_str().unwrap().to_string()
+fn access_token(server: &Server, sink: &SmtpSink, email: &str) -> String {
+    account(server, sink, email)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The ids a path's parameters take.
@@ -111,9 +87,28 @@ fn fill(route: &OrgRoute, org: &str, ids: &Ids) -> String {
     out
 }
 
+/// Whether the route reads a request body (a body sent to one that does not
+/// may be left unread, and a server that closes such a connection races the
+/// client's read of the answer).
+fn takes_body(route: &OrgRoute) -> bool {
+    match route.method.as_str() {
+        "PUT" | "PATCH" => true,
+        "DELETE" => route.path.ends_with("{org}"),
+        "POST" => ![
+            "/cancel", "/resend", "/rotate", "/test", "/replay", "/leave",
+        ]
+        .iter()
+        .any(|tail| route.path.ends_with(tail)),
+        _ => false,
+    }
+}
+
 /// A body that would succeed if the guard let it through (for the walk of
 /// another organization's credentials).
 fn valid_body(route: &OrgRoute) -> Option<Value> {
+    if !takes_body(route) {
+        return None;
+    }
     let tail = route.path.trim_start_matches("/api/v1/orgs/{org}");
     Some(match (route.method.as_str(), tail) {
         ("PATCH", "") => json!({"name": "pwned"}),
@@ -182,7 +177,7 @@ struct World {
 fn world() -> World {
     let sink = SmtpSink::start();
     let server = Server::start_with(&sink.settings());
-    let owner = account(&server, &sink, "alice@acme.example");
+    let owner = access_token(&server, &sink, "alice@acme.example");
     server
         .call(
             "POST",
@@ -295,7 +290,7 @@ fn world() -> World {
         delivery: uuid::Uuid::now_v7().to_string(),
         field: "plan".into(),
     };
-    let mallory = account(&server, &sink, "mallory@evil.example");
+    let mallory = access_token(&server, &sink, "mallory@evil.example");
     server
         .call(
             "POST",
@@ -326,6 +321,7 @@ fn world() -> World {
     }
 }
 
+/// One call on a connection of its own (see `Server::call_fresh`).
 fn send(
     server: &Server,
     route: &OrgRoute,
@@ -333,7 +329,7 @@ fn send(
     bearer: &str,
     body: Option<&Value>,
 ) -> Reply {
-    server.call(route.method.as_str(), path, Some(bearer), body)
+    server.call_fresh(route.method.as_str(), path, Some(bearer), body)
 }
 
 fn is_org_not_found(reply: &Reply) -> bool {
@@ -384,7 +380,7 @@ fn every_org_route_refuses_another_organization() {
             }
         }
         // No credentials at all.
-        let reply = w.server.call(
+        let reply = w.server.call_fresh(
             route.method.as_str(),
             &fill(route, "acme", &w.ids),
             None,
@@ -415,10 +411,7 @@ fn every_role_gets_exactly_what_the_matrix_gives() {
                 .filter(|r| r.permission != Permission::OrgLeave)
             {
                 let path = fill(route, "acme", &random);
-                let body = match route.method.as_str() {
-                    "GET" => None,
-                    _ => Some(json!({})),
-                };
+                let body = takes_body(route).then(|| json!({}));
                 let reply = send(&w.server, route, &path, credential, body.as_ref());
                 if route.permission.allows(*role) {
                     assert!(

@@ -8,34 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::services::{OidcProvider, SmtpSink, invitation_token, query_value};
+use common::services::{OidcProvider, PASSWORD, SmtpSink, account, invitation_token, query_value};
 use common::{Server, free_loopback_port};
 use serde_json::{Value, json};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// Signs up, verifies from the mailed link, logs in; returns the token pair.
-fn account(server: &Server, sink: &SmtpSink, email: &str) -> Value {
-    server
-        .call(
-            "POST",
-            "/api/v1/auth/signup",
-            None,
-            Some(&json!({"email": email, "password": PASSWORD, "name": "Test"})),
-        )
-        .expect(202, "signup");
-    let mail = sink.wait_for(email, "Confirm your email", 0);
-    let token = query_value(&mail.body, "token");
-    server
-        .call(
-            "GET",
-            &format!("/api/v1/auth/verify-email?token={token}"),
-            None,
-            None,
-        )
-        .expect(200, "verify email");
-    login(server, email, PASSWORD).expect(200, "login")
-}
 
 fn login(server: &Server, email: &str, password: &str) -> common::Reply {
     server.call(
@@ -53,8 +28,11 @@ fn access(tokens: &Value) -> String {
         .to_string()
 }
 
+/// A server mailing through `sink`, logging at debug level (the log checks
+/// then cover more than production's default `info`).
 fn smtp_server(sink: &SmtpSink, extra: &[(&'static str, String)]) -> Server {
     let mut env = sink.settings();
+    env.push(("RUST_LOG", "debug".into()));
     env.extend_from_slice(extra);
     Server::start_with(&env)
 }
@@ -403,15 +381,11 @@ fn login_is_throttled_and_does_not_reveal_accounts() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(wait, 2, "the first lockout is login_backoff");
     // Locked: even the right password waits.
     assert_eq!(login(&server, email, PASSWORD).status, 429);
-    std::thread::sleep(Duration::from_secs(wait + 1));
-    login(&server, email, PASSWORD).expect(200, "after the backoff");
+    std::thread::sleep(Duration::from_secs(wait) + Duration::from_millis(200));
     // The backoff doubles with each failure past the limit.
-    for _ in 0..2 {
-        login(&server, email, "wrong");
-    }
     let (status, headers, _) = server.call_headers(
         "POST",
         "/api/v1/auth/login",
@@ -426,7 +400,11 @@ fn login_is_throttled_and_does_not_reveal_accounts() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(longer >= 2, "the lockout grows: {longer}");
+    assert_eq!(longer, 4, "the lockout doubles");
+    std::thread::sleep(Duration::from_secs(longer) + Duration::from_millis(200));
+    login(&server, email, PASSWORD).expect(200, "after the backoff");
+    // A success clears the count: one wrong password is just a 401 again.
+    assert_eq!(login(&server, email, "wrong").status, 401);
 }
 
 /// Tokens a forger could make: every one is refused.
@@ -771,7 +749,7 @@ fn organizations_members_invitations_keys_and_the_audit_log() {
                 None
             )
             .status,
-        409,
+        404,
         "used"
     );
     let members = server
@@ -818,7 +796,7 @@ fn organizations_members_invitations_keys_and_the_audit_log() {
                 Some(&json!({"password": PASSWORD}))
             )
             .status,
-        409,
+        404,
         "declined"
     );
     let again = server
@@ -882,7 +860,7 @@ fn organizations_members_invitations_keys_and_the_audit_log() {
                 Some(&json!({"password": PASSWORD}))
             )
             .status,
-        409,
+        404,
         "cancelled"
     );
     let invitations = server
@@ -1336,7 +1314,10 @@ fn oidc_login_end_to_end() {
 
     // Follows the browser's redirects from /oidc/start through the provider
     // (keeping its cookies) until it is sent back to our callback.
-    let sign_in = |hint: &str| -> common::Reply {
+    // Cookies are kept like a browser's: one jar for the host (ports share
+    // cookies); `same_browser: false` finishes the login without Xeno's
+    // binding cookie, as someone who only got hold of the callback URL.
+    let sign_in_from = |hint: &str, same_browser: bool| -> common::Reply {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -1349,19 +1330,25 @@ fn oidc_login_end_to_end() {
         ));
         let mut cookies: Vec<(String, String)> = Vec::new();
         for _ in 0..20 {
-            if url.starts_with(&callback) {
-                let path = url.trim_start_matches(&server.base_url).to_string();
-                return server.call("GET", &path, None, None);
-            }
-            let host = url.split('/').take(3).collect::<Vec<_>>().join("/");
-            let cookie_header = cookies
+            let jar = cookies
                 .iter()
+                .filter(|(k, _)| same_browser || k != "xeno_oidc")
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join("; ");
+            if url.starts_with(&callback) {
+                let path = url.trim_start_matches(&server.base_url).to_string();
+                let headers: Vec<(&str, &str)> = if jar.is_empty() {
+                    vec![]
+                } else {
+                    vec![("cookie", jar.as_str())]
+                };
+                return server.call_with("GET", &path, None, None, &headers);
+            }
+            let host = url.split('/').take(3).collect::<Vec<_>>().join("/");
             let mut request = agent.get(&url);
-            if !cookie_header.is_empty() && url.starts_with(&provider.issuer) {
-                request = request.header("cookie", &cookie_header);
+            if !jar.is_empty() {
+                request = request.header("cookie", &jar);
             }
             let response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
             for set in response.headers().get_all("set-cookie") {
@@ -1393,6 +1380,12 @@ fn oidc_login_end_to_end() {
         }
         panic!("too many redirects");
     };
+    let sign_in = |hint: &str| sign_in_from(hint, true);
+
+    // Someone who holds only the callback URL cannot finish the login.
+    let stolen = sign_in_from("alice@example.com", false);
+    assert_eq!(stolen.status, 400, "{}", stolen.body);
+    assert!(stolen.body.contains("another browser"), "{}", stolen.body);
 
     // A new person: an account is created, verified by the provider.
     let first = sign_in("alice@example.com").expect(200, "OIDC login");
@@ -1428,6 +1421,56 @@ fn oidc_login_end_to_end() {
     let refused = sign_in("unverified:bob@example.com");
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert!(refused.body.contains("verified"), "{}", refused.body);
+    // An address the provider does not vouch for gets no account at all.
+    let nobody = sign_in("unverified:dave@example.com");
+    assert_eq!(nobody.status, 409, "{}", nobody.body);
+    let reset = server.call(
+        "POST",
+        "/api/v1/auth/password/forgot",
+        None,
+        Some(&json!({"email": "dave@example.com"})),
+    );
+    assert_eq!(reset.status, 202);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sink.count("dave@example.com", "Reset"),
+        0,
+        "no account was created for dave"
+    );
+
+    // Someone who signed up with a victim's address and never proved it
+    // loses the account when its real owner signs in through the provider:
+    // the squatter's password stops working.
+    server
+        .call(
+            "POST",
+            "/api/v1/auth/signup",
+            None,
+            Some(&json!({"email": "erin@example.com", "password": "squatter's password"})),
+        )
+        .expect(202, "a squatter signs up");
+    sink.wait_for("erin@example.com", "Confirm your email", 0);
+    let erin = sign_in("erin@example.com").expect(200, "the real erin signs in");
+    let squat_link = query_value(
+        &sink
+            .wait_for("erin@example.com", "Confirm your email", 0)
+            .body,
+        "token",
+    );
+    server.call(
+        "GET",
+        &format!("/api/v1/auth/verify-email?token={squat_link}"),
+        None,
+        None,
+    );
+    assert_eq!(
+        login(&server, "erin@example.com", "squatter's password").status,
+        401,
+        "the squatter's password is gone"
+    );
+    server
+        .call("GET", "/api/v1/me", Some(&access(&erin)), None)
+        .expect(200, "erin's session");
 
     // A state is single use, and unknown ones are refused.
     let replay = server.call(

@@ -706,7 +706,13 @@ pub async fn guard(
     let headers = request.headers().clone();
     let caller = match check(&state, &headers, slug, (ip, user_agent), permission).await {
         Ok(c) => c,
-        Err(p) => return p.into_response(),
+        Err(p) => {
+            // Read what the client sent before refusing: closing a connection
+            // with unread bytes resets it, and the client would see the reset
+            // instead of the answer.
+            let _ = axum::body::to_bytes(request.into_body(), 1 << 20).await;
+            return p.into_response();
+        }
     };
     request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use xeno_actors::audit::{AuditEntry, AuditInput};
 use xeno_actors::identity::{
-    InvitationStatus, RefreshOutcome, SessionRecord, TokenPurpose, UserRecord,
+    InvitationStatus, OidcSignIn, RefreshOutcome, SessionRecord, TokenPurpose, UserRecord,
 };
 use xeno_connectors::mail::Mail;
 
@@ -72,7 +72,7 @@ async fn security_event(
 }
 
 /// An access token and the refresh token that renews it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Tokens {
     pub access_token: String,
     /// Always `Bearer`.
@@ -130,11 +130,28 @@ fn accepted(text: &str) -> (StatusCode, Json<Accepted>) {
     )
 }
 
-async fn hash_password(state: &AppState, password: String) -> Result<String, Problem> {
-    let auth = state.auth.clone();
-    tokio::task::spawn_blocking(move || auth.passwords.hash(&password))
+/// Runs argon2 work on the blocking pool, at most as many at once as the
+/// hashing semaphore allows (each hash takes its memory cost: unbounded
+/// parallel requests must not add up to gigabytes).
+async fn with_argon<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&crate::auth::Auth) -> T + Send + 'static,
+) -> Result<T, Problem> {
+    let _permit = state
+        .auth
+        .hashing
+        .acquire()
         .await
-        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?
+        .map_err(|_| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let auth = state.auth.clone();
+    tokio::task::spawn_blocking(move || work(&auth))
+        .await
+        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+}
+
+async fn hash_password(state: &AppState, password: String) -> Result<String, Problem> {
+    with_argon(state, move |auth| auth.passwords.hash(&password))
+        .await?
         .map_err(|e| {
             tracing::error!(error = %e, "password not hashed");
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -201,7 +218,7 @@ async fn mail_verification(state: &AppState, user: &UserRecord) -> Result<(), Pr
 
 // ---- sign-up and verification ----------------------------------------------
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupBody {
     pub email: String,
@@ -231,8 +248,26 @@ pub async fn signup(
         .take(200)
         .collect::<String>();
     let hash = hash_password(&state, body.password).await?;
+    // The rest happens after the answer: a new and a known email must not
+    // differ in what they cost (their storage writes differ).
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = finish_signup(&task_state, email, name, hash, origin).await {
+            tracing::error!(error = %e.detail, "sign-up not completed");
+        }
+    });
+    Ok(accepted("check your email for a link to confirm your address").into_response())
+}
+
+async fn finish_signup(
+    state: &AppState,
+    email: String,
+    name: String,
+    hash: String,
+    origin: Origin,
+) -> Result<(), Problem> {
     let lookup = email.clone();
-    let created = blocking(&state, move |r| match r.user_by_email(&lookup)? {
+    let created = blocking(state, move |r| match r.user_by_email(&lookup)? {
         Some(existing) => Ok(Err(existing)),
         None => match r.create_user(&lookup, &name, Some(hash), false) {
             Ok(u) => Ok(Ok(u)),
@@ -245,8 +280,8 @@ pub async fn signup(
     .await?;
     match created {
         Ok(user) => {
-            mail_verification(&state, &user).await?;
-            security_event(&state, Some(user.id), "user.signed_up", json!({}), &origin).await;
+            mail_verification(state, &user).await?;
+            security_event(state, Some(user.id), "user.signed_up", json!({}), &origin).await;
         }
         Err(existing) => {
             // Tell the owner of the address, not the caller.
@@ -257,7 +292,7 @@ pub async fn signup(
                 text: format!("Your email address already has a Xeno account. If this was you, log in, or reset your password at {base}/api/v1/auth/password/forgot.\n"),
             });
             security_event(
-                &state,
+                state,
                 Some(existing.id),
                 "user.signup_repeated",
                 json!({}),
@@ -266,10 +301,10 @@ pub async fn signup(
             .await;
         }
     }
-    Ok(accepted("check your email for a link to confirm your address").into_response())
+    Ok(())
 }
 
-#[derive(Debug, Deserialize, IntoParams, ToSchema)]
+#[derive(Deserialize, IntoParams, ToSchema)]
 pub struct TokenQuery {
     pub token: String,
 }
@@ -283,31 +318,15 @@ pub async fn verify_email(
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Json<Json_>, Problem> {
     let hash = hash_secret(&query.token);
-    let payload = blocking(&state, move |r| {
-        r.take_one_time(TokenPurpose::VerifyEmail, &hash)
-    })
-    .await?;
-    let user = payload
-        .and_then(|p| {
-            p.get("user")
-                .and_then(Json_::as_str)
-                .and_then(|s| Uuid::parse_str(s).ok())
-        })
+    let record = blocking(&state, move |r| r.verify_email(&hash))
+        .await?
         .ok_or_else(|| {
             Problem::new(
                 StatusCode::BAD_REQUEST,
                 "this link is unknown, already used or expired",
             )
         })?;
-    let record = blocking(&state, move |r| {
-        let mut u = r
-            .user(user)?
-            .ok_or_else(|| xeno_actors::RuntimeError::NotFound("user".into()))?;
-        u.email_verified = true;
-        r.put_user(&u)?;
-        Ok(u)
-    })
-    .await?;
+    let user = record.id;
     security_event(
         &state,
         Some(user),
@@ -323,7 +342,7 @@ pub async fn verify_email(
 
 // ---- login, refresh, logout --------------------------------------------------
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     pub email: String,
@@ -339,7 +358,8 @@ fn throttled(wait: std::time::Duration) -> Problem {
         StatusCode::TOO_MANY_REQUESTS,
         "too many failed logins; wait before trying again",
     );
-    p.retry_after = Some(wait.as_secs().max(1));
+    // Rounded up: a client that waits this long finds the lockout over.
+    p.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
     p
 }
 
@@ -360,29 +380,24 @@ pub async fn login(
     state
         .auth
         .throttle
-        .check(&email, origin.0.as_deref(), Instant::now())
+        .attempt(&email, origin.0.as_deref(), Instant::now())
         .map_err(throttled)?;
     let lookup = email.clone();
     let user = blocking(&state, move |r| r.user_by_email(&lookup)).await?;
-    let auth = state.auth.clone();
+    let known = user.as_ref().map(|u| u.id);
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let password = body.password;
     // Unknown emails are verified against a decoy hash: the same cost.
-    let ok =
-        tokio::task::spawn_blocking(move || auth.passwords.verify(&password, stored.as_deref()))
-            .await
-            .unwrap_or(false);
+    let ok = with_argon(&state, move |auth| {
+        auth.passwords.verify(&password, stored.as_deref())
+    })
+    .await
+    .unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
         let locked = state
             .auth
             .throttle
-            .failed(&email, origin.0.as_deref(), Instant::now());
-        let known = blocking(&state, {
-            let email = email.clone();
-            move |r| r.user_by_email(&email)
-        })
-        .await?
-        .map(|u| u.id);
+            .locked_for(&email, origin.0.as_deref(), Instant::now());
         security_event(
             &state,
             known,
@@ -396,7 +411,7 @@ pub async fn login(
             None => wrong_credentials(),
         });
     };
-    state.auth.throttle.succeeded(&email);
+    state.auth.throttle.succeeded(&email, origin.0.as_deref());
     if !user.email_verified {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -415,7 +430,7 @@ pub async fn login(
     Ok(Json(tokens))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     pub refresh_token: String,
@@ -500,26 +515,41 @@ pub async fn forgot_password(
 ) -> Result<Response, Problem> {
     let body: ForgotBody = json_body(&body)?;
     let email = body.email.trim().to_lowercase();
-    let user = blocking(&state, move |r| r.user_by_email(&email)).await?;
-    if let Some(user) = user {
+    // After the answer: a known email must not take longer than an unknown one.
+    let task_state = state.clone();
+    let origin = client.pair();
+    tokio::spawn(async move {
+        let state = task_state;
+        let user = match blocking(&state, move |r| r.user_by_email(&email)).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e.detail, "password reset not started");
+                return;
+            }
+        };
         let base = state.auth.public_url.clone();
-        mail_link(&state, TokenPurpose::ResetPassword, &user, "Reset your Xeno password", |token| {
+        let sent = mail_link(&state, TokenPurpose::ResetPassword, &user, "Reset your Xeno password", |token| {
             format!("Someone asked to reset the password of your Xeno account. If it was you, set a new one with this token (single use, for a limited time):\n{base}/api/v1/auth/password/reset?token={token}\n\nPOST {{\"token\": \"{token}\", \"password\": \"...\"}} to that address. If it was not you, ignore this mail.\n")
         })
-        .await?;
+        .await;
+        if let Err(e) = sent {
+            tracing::error!(error = %e.detail, "password reset not started");
+            return;
+        }
         security_event(
             &state,
             Some(user.id),
             "user.password_reset_requested",
             json!({}),
-            &client.pair(),
+            &origin,
         )
         .await;
-    }
+    });
     Ok(accepted("if this email has an account, a reset link is on its way").into_response())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetBody {
     pub token: String,
@@ -538,36 +568,25 @@ pub async fn reset_password(
 ) -> Result<Json<Json_>, Problem> {
     let body: ResetBody = json_body(&body)?;
     check_password(&body.password)?;
-    let hash = hash_password(&state, body.password).await?;
     let token_hash = hash_secret(&body.token);
-    let user = blocking(&state, move |r| {
-        let Some(payload) = r.take_one_time(TokenPurpose::ResetPassword, &token_hash)? else {
-            return Ok(None);
-        };
-        let Some(id) = payload
-            .get("user")
-            .and_then(Json_::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok())
-        else {
-            return Ok(None);
-        };
-        let Some(mut user) = r.user(id)? else {
-            return Ok(None);
-        };
-        user.password_hash = Some(hash);
-        // The link proved the address.
-        user.email_verified = true;
-        r.put_user(&user)?;
-        r.revoke_sessions_of(id)?;
-        Ok(Some(id))
-    })
-    .await?
-    .ok_or_else(|| {
+    let unknown = || {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "this reset token is unknown, already used or expired",
         )
-    })?;
+    };
+    // A token nobody was mailed costs no password hash.
+    let peek = token_hash.clone();
+    blocking(&state, move |r| {
+        r.peek_one_time(TokenPurpose::ResetPassword, &peek)
+    })
+    .await?
+    .ok_or_else(unknown)?;
+    let hash = hash_password(&state, body.password).await?;
+    // One commit: the token is spent, the password set, every session ended.
+    let user = blocking(&state, move |r| r.reset_password(&token_hash, hash))
+        .await?
+        .ok_or_else(unknown)?;
     security_event(
         &state,
         Some(user),
@@ -782,7 +801,7 @@ pub async fn get_invitation(
     }))
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptBody {
     /// Signing up from the link: the new account's name and password (no
@@ -791,7 +810,7 @@ pub struct AcceptBody {
     pub password: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Accepted_ {
     pub org: String,
     #[schema(value_type = String)]
@@ -824,7 +843,7 @@ pub async fn accept_invitation(
     Path(token): Path<String>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<Accepted_>, Problem> {
-    let mut invitation = invitation_of_token(&state, &token).await?;
+    let invitation = invitation_of_token(&state, &token).await?;
     pending_or_conflict(&invitation)?;
     let origin = client.pair();
     let org = state
@@ -840,6 +859,12 @@ pub async fn accept_invitation(
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "this invitation is for another email address",
+            ));
+        }
+        if !record.email_verified {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "confirm your email address first: open the link we mailed you",
             ));
         }
         (user, None)
@@ -883,11 +908,14 @@ pub async fn accept_invitation(
         .await;
         (user.id, Some(()))
     };
-    let (org_id, role) = (invitation.org, invitation.role);
-    blocking(&state, move |r| r.add_member(org_id, user, role)).await?;
-    invitation.status = InvitationStatus::Accepted;
-    let stored = invitation.clone();
-    blocking(&state, move |r| r.put_invitation(&stored, None)).await?;
+    // One commit, checked under the lock: still pending, this link, not
+    // expired, the organization still there.
+    let token_hash = hash_secret(&token);
+    let (invitation, membership) = blocking(&state, move |r| {
+        r.accept_invitation(&token_hash, user, now_ms())
+    })
+    .await?;
+    let (org_id, role) = (invitation.org, membership.role);
     let entry = AuditInput {
         actor: format!("user:{user}"),
         action: "invitation.accepted".into(),
@@ -916,11 +944,13 @@ pub async fn decline_invitation(
     client: ClientOrigin,
     Path(token): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    let mut invitation = invitation_of_token(&state, &token).await?;
+    let invitation = invitation_of_token(&state, &token).await?;
     pending_or_conflict(&invitation)?;
-    invitation.status = InvitationStatus::Declined;
-    let stored = invitation.clone();
-    blocking(&state, move |r| r.put_invitation(&stored, None)).await?;
+    let (org, id, hash) = (invitation.org, invitation.id, hash_secret(&token));
+    let invitation = blocking(&state, move |r| {
+        r.close_invitation(org, id, Some(&hash), InvitationStatus::Declined)
+    })
+    .await?;
     let origin = client.pair();
     let entry = AuditInput {
         actor: format!("invitee:{}", invitation.email),
@@ -966,25 +996,50 @@ pub async fn oidc_start(
     })?;
     let (url, pending) = client.authorize(query.login_hint.as_deref());
     let hash = hash_secret(&pending.state);
-    let payload = serde_json::to_value(&pending)
-        .map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+    // The login is bound to this browser by a cookie: whoever else gets hold
+    // of the callback URL (code and state) cannot finish it.
+    let binding = random_secret("");
+    let payload = json!({ "pending": pending, "binding": hash_secret(&binding) });
     // Ten minutes to come back from the provider.
     let expires = now_ms() + 600_000;
     blocking(&state, move |r| {
         r.put_one_time(TokenPurpose::OidcLogin, &hash, payload, expires)
     })
     .await?;
+    let secure = if state.auth.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
     Ok((
         StatusCode::FOUND,
         [
             (header::LOCATION, url.to_string()),
             (header::CACHE_CONTROL, "no-store".to_string()),
+            (
+                header::SET_COOKIE,
+                format!("{OIDC_COOKIE}={binding}; Path=/api/v1/auth/oidc; HttpOnly; SameSite=Lax; Max-Age=600{secure}"),
+            ),
         ],
     )
         .into_response())
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// The cookie that binds an OIDC login to the browser that started it.
+const OIDC_COOKIE: &str = "xeno_oidc";
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[derive(Deserialize, IntoParams)]
 pub struct OidcCallbackQuery {
     pub code: Option<String>,
     pub state: Option<String>,
@@ -1000,6 +1055,7 @@ pub struct OidcCallbackQuery {
 pub async fn oidc_callback(
     State(state): State<AppState>,
     client: ClientOrigin,
+    headers: HeaderMap,
     Query(query): Query<OidcCallbackQuery>,
 ) -> Result<Json<Tokens>, Problem> {
     let oidc = state.auth.oidc.as_ref().ok_or_else(oidc_unavailable)?;
@@ -1023,14 +1079,30 @@ pub async fn oidc_callback(
         r.take_one_time(TokenPurpose::OidcLogin, &hash)
     })
     .await?
-    .and_then(|p| serde_json::from_value::<xeno_connectors::oidc::PendingLogin>(p).ok())
-    .filter(|p| p.state == login_state)
     .ok_or_else(|| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "this login is unknown, already finished or expired; start again",
         )
     })?;
+    let bound = cookie(&headers, OIDC_COOKIE).map(hash_secret);
+    if bound.is_none() || bound.as_deref() != pending.get("binding").and_then(Json_::as_str) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "this login was started in another browser; start again",
+        ));
+    }
+    let pending = pending
+        .get("pending")
+        .cloned()
+        .and_then(|p| serde_json::from_value::<xeno_connectors::oidc::PendingLogin>(p).ok())
+        .filter(|p| p.state == login_state)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "this login is unknown; start again",
+            )
+        })?;
     let provider = oidc.client().await.map_err(|_| {
         Problem::new(
             StatusCode::BAD_GATEWAY,
@@ -1046,26 +1118,35 @@ pub async fn oidc_callback(
     })?;
     let origin = client.pair();
     let id = identity.clone();
-    let user = blocking(&state, move |r| {
-        if let Some(user) = r.user_by_oidc(&id.issuer, &id.subject)? {
-            return Ok(Ok(user));
-        }
-        let Some(email) = id.email.as_deref().map(|e| e.trim().to_lowercase()) else {
-            return Ok(Err("the identity provider gave no email address"));
-        };
-        match r.user_by_email(&email)? {
-            // Linking takes over an account: only on the provider's word that
-            // the address is verified.
-            Some(existing) if id.email_verified => Ok(Ok(r.link_oidc(existing.id, &id.issuer, &id.subject)?)),
-            Some(_) => Ok(Err("an account has this email, and the identity provider does not assert that the email is verified: sign in with your password")),
-            None => {
-                let user = r.create_user(&email, id.name.as_deref().unwrap_or_default(), None, id.email_verified)?;
-                Ok(Ok(r.link_oidc(user.id, &id.issuer, &id.subject)?))
-            }
-        }
+    // Decided and written at once (see `oidc_sign_in`): a link only on the
+    // provider's word that the address is verified; an unproven sign-up of
+    // that address is taken over, its password dropped.
+    let outcome = blocking(&state, move |r| {
+        r.oidc_sign_in(
+            &id.issuer,
+            &id.subject,
+            id.email.as_deref(),
+            id.email_verified,
+            id.name.as_deref().unwrap_or_default(),
+        )
     })
-    .await?
-    .map_err(|reason| Problem::new(StatusCode::CONFLICT, reason))?;
+    .await?;
+    let (user, how) = match outcome {
+        OidcSignIn::Existing(u) => (u, "existing"),
+        OidcSignIn::Linked(u) => (u, "linked"),
+        OidcSignIn::Created(u) => (u, "created"),
+        OidcSignIn::Refused(reason) => return Err(Problem::new(StatusCode::CONFLICT, reason)),
+    };
+    if how != "existing" {
+        security_event(
+            &state,
+            Some(user.id),
+            "user.oidc_linked",
+            json!({ "issuer": identity.issuer, "account": how }),
+            &origin,
+        )
+        .await;
+    }
     let tokens = start_session(&state, user.id, &origin).await?;
     security_event(
         &state,

@@ -35,7 +35,7 @@ pub struct KeyList {
 }
 
 /// A key with its secret: the only time the secret is shown.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct KeySecret {
     pub key: KeyRecord,
     pub secret: String,

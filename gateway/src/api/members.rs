@@ -151,12 +151,10 @@ pub async fn change_role(
     let org = caller.org_id(&org)?;
     let user = path_id(&user, "member")?;
     let body: RoleBody = json_body(&body)?;
-    let current = blocking(&state, move |r| r.membership(org, user))
-        .await?
-        .ok_or_else(|| Problem::not_found("member"))?;
-    check_owner_change(&caller, &[current, body.role])?;
-    let role = body.role;
-    let (before, membership) = blocking(&state, move |r| r.set_role(org, user, role)).await?;
+    // The owner rule is checked with the change, under the identity lock.
+    let (role, by) = (body.role, caller.role);
+    let (before, membership) =
+        blocking(&state, move |r| r.set_role_by(org, user, role, by)).await?;
     let note = AuditNote {
         target: Some(format!("user:{user}")),
         summary: json!({ "before": before.as_str(), "after": membership.role.as_str() }),
@@ -179,11 +177,8 @@ pub async fn remove(
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
     let user = path_id(&user, "member")?;
-    let current = blocking(&state, move |r| r.membership(org, user))
-        .await?
-        .ok_or_else(|| Problem::not_found("member"))?;
-    check_owner_change(&caller, &[current])?;
-    let removed = blocking(&state, move |r| r.remove_member(org, user)).await?;
+    let by = caller.role;
+    let removed = blocking(&state, move |r| r.remove_member_by(org, user, by)).await?;
     let note = AuditNote {
         target: Some(format!("user:{user}")),
         summary: json!({ "before": removed.role.as_str(), "after": null }),
@@ -207,7 +202,8 @@ pub async fn leave(
             "an API key cannot leave; revoke it instead",
         ));
     };
-    let removed = blocking(&state, move |r| r.remove_member(org, user)).await?;
+    let by = caller.role;
+    let removed = blocking(&state, move |r| r.remove_member_by(org, user, by)).await?;
     let note = AuditNote {
         target: Some(format!("user:{user}")),
         summary: json!({ "before": removed.role.as_str(), "after": null }),
@@ -318,16 +314,14 @@ pub async fn cancel_invitation(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
-    let mut invitation = pending_invitation(&state, org, &id).await?;
-    if invitation.status != InvitationStatus::Pending {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            format!("the invitation is {}", status_of(&invitation, now_ms())),
-        ));
-    }
-    invitation.status = InvitationStatus::Cancelled;
-    let stored = invitation.clone();
-    blocking(&state, move |r| r.put_invitation(&stored, None)).await?;
+    let invitation = pending_invitation(&state, org, &id).await?;
+    check_owner_change(&caller, &[invitation.role])?;
+    // Compare-and-set: only a pending invitation is cancelled.
+    let id = invitation.id;
+    let invitation = blocking(&state, move |r| {
+        r.close_invitation(org, id, None, InvitationStatus::Cancelled)
+    })
+    .await?;
     let note = AuditNote {
         target: Some(format!("invitation:{}", invitation.id)),
         summary: json!({ "before": "pending", "after": "cancelled" }),
@@ -346,21 +340,13 @@ pub async fn resend_invitation(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
-    let mut invitation = pending_invitation(&state, org, &id).await?;
-    if invitation.status != InvitationStatus::Pending {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            format!(
-                "the invitation is {}; invite again instead",
-                status_of(&invitation, now_ms())
-            ),
-        ));
-    }
+    let invitation = pending_invitation(&state, org, &id).await?;
+    check_owner_change(&caller, &[invitation.role])?;
     let token = random_secret("xeno_inv_");
-    let old = std::mem::replace(&mut invitation.token_hash, hash_secret(&token));
-    invitation.expires_at_ms = now_ms() + state.auth.invitation_ttl_ms;
-    let stored = invitation.clone();
-    blocking(&state, move |r| r.put_invitation(&stored, Some(&old))).await?;
+    let (id, hash) = (invitation.id, hash_secret(&token));
+    let expires = now_ms() + state.auth.invitation_ttl_ms;
+    // Compare-and-set: only a pending invitation gets a new link.
+    let invitation = blocking(&state, move |r| r.renew_invitation(org, id, &hash, expires)).await?;
     mail_invitation(&state, &caller, &invitation, &token);
     let note = AuditNote {
         target: Some(format!("invitation:{}", invitation.id)),

@@ -88,6 +88,7 @@ impl From<RuntimeError> for Problem {
                 Problem::field(StatusCode::UNPROCESSABLE_ENTITY, &pointer, &reason)
             }
             RuntimeError::Conflict(reason) => Problem::new(StatusCode::CONFLICT, reason),
+            RuntimeError::Forbidden(reason) => Problem::new(StatusCode::FORBIDDEN, reason),
             RuntimeError::Busy { retry_after_secs } => {
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -20,6 +20,8 @@ use crate::config::Config;
 pub struct Auth {
     pub tokens: jwt::TokenKeys,
     pub passwords: password::Passwords,
+    /// Bounds the argon2 hashes running at once (one per core).
+    pub hashing: tokio::sync::Semaphore,
     pub throttle: throttle::LoginThrottle,
     pub mail: Outbox,
     /// OIDC login, when configured (discovered lazily: the provider may be
@@ -91,6 +93,9 @@ impl Auth {
         Ok(Auth {
             tokens,
             passwords: password::Passwords::new(auth.argon2_memory_kib, auth.argon2_iterations)?,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             throttle: throttle::LoginThrottle::new(
                 auth.login_max_failures,
                 Duration::from_millis(ms(&auth.login_backoff)?.max(1) as u64),

@@ -301,6 +301,31 @@ impl Server {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        self.call_on(&self.agent, method, path, bearer, body, headers)
+    }
+
+    /// [`Server::call_with`] on a connection of its own: a server may close a
+    /// connection whose request body it did not read (a refused call), and a
+    /// pooled connection would then fail the next call.
+    pub fn call_fresh(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        self.call_on(&agent(), method, path, bearer, body, &[])
+    }
+
+    fn call_on(
+        &self,
+        agent: &ureq::Agent,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let url = self.url(path);
         let what = format!(
             "{method} {url} {}",
@@ -319,7 +344,7 @@ impl Server {
         let request = request
             .body(body.map(Value::to_string).unwrap_or_default())
             .expect("a valid request");
-        finish(&what, self.agent.run(request)).unwrap_or_else(|e| panic!("{e}"))
+        finish(&what, agent.run(request)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The answer's headers too (CORS, Retry-After, Location).

@@ -11,7 +11,42 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{e2e_script, free_loopback_port, python};
+use serde_json::{Value, json};
+
+use super::{Server, e2e_script, free_loopback_port, python};
+
+/// The password of the test accounts.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Signs up with [`PASSWORD`], confirms the address from the mailed link and
+/// logs in; returns the token pair.
+pub fn account(server: &Server, sink: &SmtpSink, email: &str) -> Value {
+    server
+        .call(
+            "POST",
+            "/api/v1/auth/signup",
+            None,
+            Some(&json!({"email": email, "password": PASSWORD, "name": "Test"})),
+        )
+        .expect(202, "signup");
+    let token = query_value(&sink.wait_for(email, "Confirm your email", 0).body, "token");
+    server
+        .call(
+            "GET",
+            &format!("/api/v1/auth/verify-email?token={token}"),
+            None,
+            None,
+        )
+        .expect(200, "verify email");
+    server
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(&json!({"email": email, "password": PASSWORD})),
+        )
+        .expect(200, "login")
+}
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
