@@ -866,6 +866,17 @@ impl Runtime {
             Some(id) if token.expires_at_ms > now().0 => self.user(id)?,
             _ => None,
         };
+        // A link mailed to an address the account no longer has proves
+        // nothing about the current one.
+        let user = user.filter(|u| {
+            token
+                .payload
+                .get("email")
+                .and_then(Json::as_str)
+                .is_none_or(|sent_to| {
+                    normalize_email(sent_to).ok().as_deref() == Some(u.email.as_str())
+                })
+        });
         let Some(mut user) = user else {
             self.commit_durably(writes)?;
             return Ok(None);

@@ -233,6 +233,10 @@ pub struct ServerConfig {
     /// Events accepted but not yet applied, per partition, beyond which ingest
     /// answers 503 with Retry-After instead of buffering more.
     pub max_pending_events: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed, as addresses or
+    /// CIDR ranges (e.g. ["10.0.0.0/8"]). Empty: the TCP peer is the client
+    /// (what the audit log, sessions and the login throttle record).
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[storage]`: the embedded store.
@@ -291,7 +295,7 @@ impl Default for WebhooksConfig {
 }
 
 /// `[bootstrap]`: what a first start creates so the server is usable at once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BootstrapConfig {
     /// Create the organization and keys below on first start.
@@ -304,11 +308,27 @@ pub struct BootstrapConfig {
     pub admin_api_key: Option<String>,
 }
 
+// Hand-written: a logged configuration never shows the keys.
+impl std::fmt::Debug for BootstrapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapConfig")
+            .field("enabled", &self.enabled)
+            .field("org", &self.org)
+            .field("write_key", &self.write_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_api_key",
+                &self.admin_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_pending_events: 200_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -461,6 +481,12 @@ impl Config {
                 reason: "must be at least 1s".into(),
             });
         }
+        for proxy in &self.server.trusted_proxies {
+            crate::api::access::parse_cidr(proxy).map_err(|reason| ConfigError::Invalid {
+                key: "server.trusted_proxies",
+                reason,
+            })?;
+        }
         if let Some(smtp) = &self.smtp {
             positive("smtp.timeout", &smtp.timeout)?;
             if !["none", "starttls", "tls"].contains(&smtp.security.as_str()) {
@@ -571,6 +597,26 @@ mod tests {
         assert!(shown.contains("****cdef"), "{shown}");
         assert!(shown.contains("admin_api_key = \"****\""), "{shown}");
         assert!(shown.contains("listen = \"127.0.0.1:8080\""), "{shown}");
+        // Debug output (what a careless `?config` would log) hides them too.
+        config.smtp = Some(SmtpSection {
+            host: "smtp.example.com".into(),
+            port: 587,
+            security: "starttls".into(),
+            username: Some("xeno".into()),
+            password: Some("smtp-password-123".into()),
+            from: "x@example.com".into(),
+            timeout: "10s".into(),
+        });
+        config.auth.signing_keys.push(SigningKeyConfig {
+            kid: "k".into(),
+            pem: Some("-----BEGIN PRIVATE KEY-----secret".into()),
+            file: None,
+            retired_at: None,
+        });
+        let debug = format!("{config:?}");
+        for secret in ["0123456789", "smtp-password-123", "BEGIN PRIVATE KEY"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
     }
 
     /// The repository's config.toml is the embedded default: it loads, and says

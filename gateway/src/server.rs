@@ -93,6 +93,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             auth,
             routes: Arc::new(crate::api::access::route_index()),
+            trusted_proxies: Arc::new(
+                config
+                    .server
+                    .trusted_proxies
+                    .iter()
+                    .map(|p| crate::api::access::parse_cidr(p).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
         },
         &config.auth.cors_origins,
     );

@@ -366,17 +366,19 @@ fn every_org_route_refuses_another_organization() {
             || route.path.contains("{delivery}")
         {
             let path = fill(route, "evil", &w.ids);
-            let reply = send(&w.server, route, &path, &w.mallory, body.as_ref());
-            assert!(
-                !(200..300).contains(&reply.status)
-                    || route.method == "DELETE" && route.path.ends_with("/customers/{id}"),
-                "{} {path} reached acme's object from evil: {} {}",
-                route.method,
-                reply.status,
-                reply.body
-            );
-            if route.method == "GET" {
-                assert_eq!(reply.status, 404, "{} {path}: {}", route.method, reply.body);
+            for credential in [&w.mallory, &w.mallory_key] {
+                let reply = send(&w.server, route, &path, credential, body.as_ref());
+                assert!(
+                    !(200..300).contains(&reply.status)
+                        || route.method == "DELETE" && route.path.ends_with("/customers/{id}"),
+                    "{} {path} reached acme's object from evil: {} {}",
+                    route.method,
+                    reply.status,
+                    reply.body
+                );
+                if route.method == "GET" {
+                    assert_eq!(reply.status, 404, "{} {path}: {}", route.method, reply.body);
+                }
             }
         }
         // No credentials at all.
@@ -414,8 +416,14 @@ fn every_role_gets_exactly_what_the_matrix_gives() {
                 let body = takes_body(route).then(|| json!({}));
                 let reply = send(&w.server, route, &path, credential, body.as_ref());
                 if route.permission.allows(*role) {
+                    // Past the guard, into the handler: its own answer to
+                    // ids nobody has and empty bodies, never an error of ours.
                     assert!(
-                        reply.status != 401 && reply.status != 403 && !is_org_not_found(&reply),
+                        reply.status != 401
+                            && reply.status != 403
+                            && reply.status != 405
+                            && reply.status < 500
+                            && !is_org_not_found(&reply),
                         "{} ({who}) may {} {} ({}), but got {}: {}",
                         role.as_str(),
                         route.method,

@@ -509,6 +509,9 @@ pub struct Caller {
     pub org: Uuid,
     pub slug: String,
     pub role: Role,
+    /// What the route needs (checked by the guard, and again by
+    /// [`Caller::refreshed`]).
+    pub permission: Permission,
     pub principal: Principal,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
@@ -551,6 +554,24 @@ impl Caller {
         self.principal.actor()
     }
 
+    /// The caller with the role they hold now. The guard checks the role
+    /// before the request body arrives, and a client controls how long that
+    /// takes: handlers that change roles, invitations, keys or the
+    /// organization itself act with the role re-read after the body (a
+    /// member removed or demoted meanwhile gets 404 or their new role).
+    pub async fn refreshed(mut self, state: &AppState) -> Result<Caller, Problem> {
+        if let Principal::User { user, .. } = self.principal {
+            let org = self.org;
+            self.role = super::blocking(state, move |r| r.membership(org, user))
+                .await?
+                .ok_or_else(|| Problem::not_found("organization"))?;
+            if !self.permission.allows(self.role) {
+                return Err(refusal(self.permission, self.role));
+            }
+        }
+        Ok(self)
+    }
+
     pub fn user(&self) -> Option<Uuid> {
         match self.principal {
             Principal::User { user, .. } => Some(user),
@@ -572,17 +593,78 @@ pub struct AuditNote {
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
 
-/// The client address and user agent of a request.
+/// An address range: `addr/prefix`, or one address.
+pub type Cidr = (std::net::IpAddr, u8);
+
+/// Parses `10.0.0.0/8`, `::1` or `192.0.2.7`.
+pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = match text.trim().split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text.trim(), None),
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("`{text}` is not an address or CIDR range"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("`{text}`: the prefix must be 0 to {max}"))?,
+        None => max,
+    };
+    Ok((addr, prefix))
+}
+
+fn in_range(ip: std::net::IpAddr, (net, prefix): Cidr) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (ip, net) {
+        (V4(a), V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (V6(a), V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The client address and user agent of a request. The client is the TCP
+/// peer, unless the peer is a trusted proxy: then it is the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left
+/// of it are whatever the client claimed).
 pub fn origin(
     request_headers: &HeaderMap,
     connect: Option<&ConnectInfo<SocketAddr>>,
+    trusted: &[Cidr],
 ) -> (Option<String>, Option<String>) {
-    let ip = connect.map(|c| c.0.ip().to_string());
+    let peer = connect.map(|c| c.0.ip());
+    let trusted_ip = |ip: std::net::IpAddr| trusted.iter().any(|t| in_range(ip, *t));
+    let ip = match peer {
+        Some(p) if trusted_ip(p) => {
+            let forwarded: Vec<std::net::IpAddr> = request_headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map_while(|s| s.trim().parse().ok())
+                .collect();
+            forwarded
+                .into_iter()
+                .rev()
+                .find(|ip| !trusted_ip(*ip))
+                .or(Some(p))
+        }
+        other => other,
+    };
     let agent = request_headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(256).collect());
-    (ip, agent)
+    (ip.map(|ip| ip.to_string()), agent)
 }
 
 /// The client address and user agent, as an extractor.
@@ -595,16 +677,17 @@ impl ClientOrigin {
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientOrigin {
+impl axum::extract::FromRequestParts<AppState> for ClientOrigin {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
-        _: &S,
+        state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let (ip, agent) = origin(
             &parts.headers,
             parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+            &state.trusted_proxies,
         );
         Ok(ClientOrigin(ip, agent))
     }
@@ -702,6 +785,7 @@ pub async fn guard(
     let (ip, user_agent) = origin(
         request.headers(),
         request.extensions().get::<ConnectInfo<SocketAddr>>(),
+        &state.trusted_proxies,
     );
     let headers = request.headers().clone();
     let caller = match check(&state, &headers, slug, (ip, user_agent), permission).await {
@@ -778,24 +862,30 @@ async fn check(
     // be probed.
     .ok_or_else(|| Problem::not_found("organization"))?;
     if !permission.allows(role) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "this needs the {} permission (role {} or above); you are {}",
-                permission.name(),
-                permission.min_role().as_str(),
-                role.as_str()
-            ),
-        ));
+        return Err(refusal(permission, role));
     }
     Ok(Caller {
         org: org.id,
         slug,
         role,
+        permission,
         principal,
         ip,
         user_agent,
     })
+}
+
+/// The 403 of a role without the permission.
+fn refusal(permission: Permission, role: Role) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "this needs the {} permission (role {} or above); you are {}",
+            permission.name(),
+            permission.min_role().as_str(),
+            role.as_str()
+        ),
+    )
 }
 
 /// The permission matrix as the Markdown table of `docs/permissions.md`.
@@ -850,6 +940,48 @@ mod tests {
             "docs/permissions.md: the route table differs from the code; it should read:\n{}",
             routes_markdown()
         );
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded() {
+        let peer = |ip: &str| ConnectInfo(SocketAddr::new(ip.parse().unwrap(), 1));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.1.2.3".parse().unwrap(),
+        );
+        let trusted = [parse_cidr("10.0.0.0/8").unwrap()];
+        // Not trusted: the header is the client's word, ignored.
+        assert_eq!(
+            origin(&headers, Some(&peer("192.0.2.1")), &trusted)
+                .0
+                .as_deref(),
+            Some("192.0.2.1")
+        );
+        // Trusted: the right-most entry that is not a trusted proxy.
+        assert_eq!(
+            origin(&headers, Some(&peer("10.0.0.5")), &trusted)
+                .0
+                .as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(
+            origin(&HeaderMap::new(), Some(&peer("10.0.0.5")), &trusted)
+                .0
+                .as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            origin(&headers, Some(&peer("10.0.0.5")), &[]).0.as_deref(),
+            Some("10.0.0.5")
+        );
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope").is_err());
+        assert!(in_range("::1".parse().unwrap(), parse_cidr("::1").unwrap()));
+        assert!(in_range(
+            "1.2.3.4".parse().unwrap(),
+            parse_cidr("0.0.0.0/0").unwrap()
+        ));
     }
 
     #[test]

@@ -84,15 +84,34 @@ pub struct Tokens {
     pub session_id: Uuid,
 }
 
-async fn start_session(state: &AppState, user: Uuid, origin: &Origin) -> Result<Tokens, Problem> {
+/// A new session for `user`, who proved `credential` (the password hash
+/// that was verified; `None` for OIDC and invitation sign-ups). If the
+/// credential changed while the login was in flight (a password reset, which
+/// revokes every session), the new session is revoked too: a login that
+/// started with the old password cannot outlive the reset.
+async fn start_session(
+    state: &AppState,
+    user: Uuid,
+    credential: Option<String>,
+    origin: &Origin,
+) -> Result<Tokens, Problem> {
     let refresh = random_secret("xeno_rt_");
     let hash = hash_secret(&refresh);
     let expires = now_ms() + state.auth.refresh_ttl_ms;
     let (ip, agent) = origin.clone();
     let session = blocking(state, move |r| {
-        r.create_session(user, &hash, expires, ip, agent)
+        let session = r.create_session(user, &hash, expires, ip, agent)?;
+        let current = r.user(user)?;
+        let unchanged =
+            current.is_some_and(|u| credential.is_none() || u.password_hash == credential);
+        if !unchanged {
+            r.revoke_session(user, session.id)?;
+            return Ok(None);
+        }
+        Ok(Some(session))
     })
-    .await?;
+    .await?
+    .ok_or_else(wrong_credentials)?;
     tokens(state, user, session.id, refresh)
 }
 
@@ -194,10 +213,15 @@ async fn mail_link(
     let token = random_secret("xeno_");
     let hash = hash_secret(&token);
     let expires = now_ms() + state.auth.email_token_ttl_ms;
-    let id = user.id;
+    let (id, email) = (user.id, user.email.clone());
     blocking(state, move |r| {
         r.drop_one_time_of_user(purpose, id)?;
-        r.put_one_time(purpose, &hash, json!({ "user": id }), expires)
+        r.put_one_time(
+            purpose,
+            &hash,
+            json!({ "user": id, "email": email }),
+            expires,
+        )
     })
     .await?;
     state.auth.mail.send(Mail {
@@ -418,7 +442,7 @@ pub async fn login(
             "confirm your email address first: open the link we mailed you",
         ));
     }
-    let tokens = start_session(&state, user.id, &origin).await?;
+    let tokens = start_session(&state, user.id, user.password_hash.clone(), &origin).await?;
     security_event(
         &state,
         Some(user.id),
@@ -926,7 +950,7 @@ pub async fn accept_invitation(
     };
     blocking(&state, move |r| r.audit_with(org_id, entry)).await?;
     let tokens = match fresh_tokens {
-        Some(()) => Some(start_session(&state, user, &origin).await?),
+        Some(()) => Some(start_session(&state, user, None, &origin).await?),
         None => None,
     };
     Ok(Json(Accepted_ {
@@ -1147,7 +1171,7 @@ pub async fn oidc_callback(
         )
         .await;
     }
-    let tokens = start_session(&state, user.id, &origin).await?;
+    let tokens = start_session(&state, user.id, None, &origin).await?;
     security_event(
         &state,
         Some(user.id),

@@ -66,6 +66,7 @@ pub async fn create(
     ApiBody(body): ApiBody,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let body: CreateKey = json_body(&body)?;
     let name = body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 100 {
@@ -110,6 +111,7 @@ pub async fn rotate(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let id = path_id(&id, "key")?;
     check_key_role(&state, &caller, org, id).await?;
     let (key, secret) = blocking(&state, move |r| r.rotate_key(org, id)).await?;
@@ -130,6 +132,7 @@ pub async fn revoke(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let id = path_id(&id, "key")?;
     check_key_role(&state, &caller, org, id).await?;
     let key = blocking(&state, move |r| r.revoke_key(org, id)).await?;

@@ -149,6 +149,7 @@ pub async fn change_role(
     ApiBody(body): ApiBody,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let user = path_id(&user, "member")?;
     let body: RoleBody = json_body(&body)?;
     // The owner rule is checked with the change, under the identity lock.
@@ -176,6 +177,7 @@ pub async fn remove(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let user = path_id(&user, "member")?;
     let by = caller.role;
     let removed = blocking(&state, move |r| r.remove_member_by(org, user, by)).await?;
@@ -257,6 +259,7 @@ pub async fn invite(
     ApiBody(body): ApiBody,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let body: InviteBody = json_body(&body)?;
     check_owner_change(&caller, &[body.role])?;
     let email = body.email.clone();
@@ -314,6 +317,7 @@ pub async fn cancel_invitation(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let invitation = pending_invitation(&state, org, &id).await?;
     check_owner_change(&caller, &[invitation.role])?;
     // Compare-and-set: only a pending invitation is cancelled.
@@ -340,6 +344,7 @@ pub async fn resend_invitation(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, Problem> {
     let org = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let invitation = pending_invitation(&state, org, &id).await?;
     check_owner_change(&caller, &[invitation.role])?;
     let token = random_secret("xeno_inv_");

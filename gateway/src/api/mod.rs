@@ -38,6 +38,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// The permission and audit action of every organization-scoped route.
     pub routes: Arc<access::RouteIndex>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<Vec<access::Cidr>>,
 }
 
 /// Settings of the customer-data routes.

@@ -159,6 +159,7 @@ pub async fn rename(
     ApiBody(body): ApiBody,
 ) -> Result<Response, Problem> {
     let id = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let body: RenameOrg = json_body(&body)?;
     let name = check_name(&body.name)?;
     let before = state
@@ -186,6 +187,7 @@ pub async fn delete(
     ApiBody(body): ApiBody,
 ) -> Result<Response, Problem> {
     let id = caller.org_id(&org)?;
+    let caller = caller.refreshed(&state).await?;
     let body: DeleteOrg = json_body(&body)?;
     if body.confirm != caller.slug {
         return Err(Problem::field(
