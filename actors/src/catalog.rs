@@ -240,6 +240,21 @@ pub fn shard_key(org: Uuid, partition: u32) -> Vec<u8> {
     format!("t/{org}/shard/{partition:08}").into_bytes()
 }
 
+/// Whether `slug` can name an organization (it appears in every path of the
+/// organization's API): 1 to 64 of a-z, 0-9 and -.
+pub fn check_slug(slug: &str) -> Result<(), &'static str> {
+    let valid = !slug.is_empty()
+        && slug.len() <= 64
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err("an organization slug is 1 to 64 of a-z, 0-9 and -")
+    }
+}
+
 /// One organization in memory.
 #[derive(Debug, Clone)]
 pub struct OrgState {

@@ -1898,17 +1898,7 @@ fn bootstrap(
     b: &Bootstrap,
 ) -> Result<Generated, RuntimeError> {
     let slug = b.org.trim();
-    if slug.is_empty()
-        || slug.len() > 64
-        || !slug
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(invalid(
-            "bootstrap.org",
-            "an organization slug is 1 to 64 of a-z, 0-9 and -",
-        ));
-    }
+    crate::catalog::check_slug(slug).map_err(|reason| invalid("bootstrap.org", reason))?;
     let mut generated = Generated::default();
     let mut writes = Vec::new();
     let at = now().to_rfc3339();

@@ -1148,17 +1148,7 @@ impl Runtime {
         owner: Uuid,
     ) -> Result<OrgRecord, RuntimeError> {
         let slug = slug.trim();
-        if slug.is_empty()
-            || slug.len() > 64
-            || !slug
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(invalid(
-                "/slug",
-                "an organization slug is 1 to 64 of a-z, 0-9 and -",
-            ));
-        }
+        crate::catalog::check_slug(slug).map_err(|reason| invalid("/slug", reason))?;
         let _guard = hold(&self.identity_locks().orgs);
         self.known_user(owner)?;
         if self.catalog().org_by_slug(slug).is_some() || self.store().get(&org_key(slug))?.is_some()

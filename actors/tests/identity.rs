@@ -193,7 +193,9 @@ fn a_reused_refresh_token_revokes_its_session_even_after_a_restart() {
             rt.rotate_refresh("old", "h5", None, None).unwrap(),
             RefreshOutcome::Invalid
         );
-        assert!(rt.prune_identity().unwrap() >= 1);
+        // (The runtime's janitor may have pruned it already: what counts is
+        // that it is gone.)
+        rt.prune_identity().unwrap();
         assert_eq!(rt.session(old.id).unwrap(), None);
         assert!(rt.session(session).unwrap().is_some(), "not expired yet");
 

@@ -20,7 +20,7 @@ use xeno_actors::{
 use xeno_connectors::embedded::{EventLog, StateStore};
 use xeno_engine::model::{AttrType, Event};
 use xeno_engine::ports::{StatePort, StateWrite};
-use xeno_engine::time::{Duration as EngineDuration, Timestamp};
+use xeno_engine::time::Duration as EngineDuration;
 
 mod common;
 
@@ -100,19 +100,7 @@ fn contains(bytes: &[u8], needle: &str) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-fn now() -> Timestamp {
-    xeno_actors::clock::wall_clock()()
-}
-
-async fn eventually<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..400 {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not reached within 10 s");
-}
+use common::{eventually, now};
 
 /// Customers c0..c9 with two orders each and an identify (with an email),
 /// an anonymous profile merged into c1, a segment, a webhook endpoint, a

@@ -102,19 +102,7 @@ fn subscribe(runtime: &Runtime, org: Uuid, events: &[&str]) -> xeno_actors::Webh
         .unwrap()
 }
 
-fn now() -> Timestamp {
-    xeno_actors::clock::wall_clock()()
-}
-
-async fn eventually<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not reached within 5 s");
-}
+use common::{eventually, now};
 
 fn orders(customers: usize, per_customer: usize, at: Timestamp) -> Vec<Event> {
     (0..customers)

@@ -14,7 +14,23 @@ use xeno_actors::shard::ShardSettings;
 use xeno_actors::{Bootstrap, RuntimeSettings};
 use xeno_engine::ports::{PortError, WebhookOutcome, WebhookPort, WebhookRequest};
 use xeno_engine::shard::ShardConfig;
-use xeno_engine::time::Duration as EngineDuration;
+use xeno_engine::time::{Duration as EngineDuration, Timestamp};
+
+/// The wall clock, as the runtime reads it.
+pub fn now() -> Timestamp {
+    xeno_actors::clock::wall_clock()()
+}
+
+/// Polls `probe` every 25 ms until it answers, for at most 10 s.
+pub async fn eventually<T>(mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..400 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
 
 /// The signing secret every test endpoint gets.
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -179,8 +179,13 @@ pub async fn remove(
     let org = caller.org_id(&org)?;
     let caller = caller.refreshed(&state).await?;
     let user = path_id(&user, "member")?;
-    let by = caller.role;
-    let removed = blocking(&state, move |r| r.remove_member_by(org, user, by)).await?;
+    removal(&state, org, user, caller.role).await
+}
+
+/// Removes `user` on behalf of a caller with role `by` (the owner rule and
+/// the last owner are checked with the change).
+async fn removal(state: &AppState, org: Uuid, user: Uuid, by: Role) -> Result<Response, Problem> {
+    let removed = blocking(state, move |r| r.remove_member_by(org, user, by)).await?;
     let note = AuditNote {
         target: Some(format!("user:{user}")),
         summary: json!({ "before": removed.role.as_str(), "after": null }),
@@ -204,13 +209,7 @@ pub async fn leave(
             "an API key cannot leave; revoke it instead",
         ));
     };
-    let by = caller.role;
-    let removed = blocking(&state, move |r| r.remove_member_by(org, user, by)).await?;
-    let note = AuditNote {
-        target: Some(format!("user:{user}")),
-        summary: json!({ "before": removed.role.as_str(), "after": null }),
-    };
-    Ok((Extension(note), StatusCode::NO_CONTENT).into_response())
+    removal(&state, org, user, caller.role).await
 }
 
 #[utoipa::path(operation_id = "list_invitations", get, path = "/api/v1/orgs/{org}/invitations", tag = "members",
