@@ -69,6 +69,8 @@ pub struct RuntimeSettings {
     pub bootstrap: Option<Bootstrap>,
     /// Where CSV uploads are spooled and error reports kept.
     pub import_dir: std::path::PathBuf,
+    /// How long audit entries and account security events are kept (ms).
+    pub audit_retention_ms: i64,
 }
 
 /// What went wrong, and whose fault it is.
@@ -135,12 +137,6 @@ fn segment_error(e: SegmentError) -> RuntimeError {
 }
 
 use crate::clock::now;
-
-fn random_token(prefix: &str) -> Result<String, RuntimeError> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-    Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
-}
 
 /// Parses a rule given as DSL text (a JSON string) or as the JSON AST.
 pub fn parse_rule(value: &Json) -> Result<Rule, RuntimeError> {
@@ -564,6 +560,12 @@ impl Runtime {
                         Ok(0) => {}
                         Ok(pruned) => tracing::info!(pruned, "expired sessions and one-time tokens pruned"),
                         Err(e) => tracing::warn!(error = %e, "pruning expired sessions and tokens failed"),
+                    }
+                    let cutoff = now().0 - runtime.inner.settings.audit_retention_ms;
+                    match runtime.prune_audit(cutoff) {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::info!(deleted, "audit entries past their retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "audit retention failed"),
                     }
                     drop(runtime);
                     std::thread::sleep(Duration::from_secs(3600));
@@ -1924,7 +1926,7 @@ fn bootstrap(
         Ok(match (configured, created) {
             (Some(k), _) => Some(k.clone()),
             (None, true) => {
-                let k = random_token(prefix)?;
+                let k = crate::identity::new_secret(prefix)?;
                 *shown = Some(k.clone());
                 Some(k)
             }

@@ -310,7 +310,8 @@ fn invalid(pointer: &str, reason: &str) -> RuntimeError {
 }
 
 /// How emails are compared and stored.
-fn normalize_email(email: &str) -> Result<String, RuntimeError> {
+/// An email address as stored (trimmed, lowercase), or why it is not one.
+pub fn normalize_email(email: &str) -> Result<String, RuntimeError> {
     let email = email.trim().to_lowercase();
     if email.is_empty() || email.len() > 254 || !email.contains('@') {
         return Err(invalid("/email", "not an email address"));
@@ -320,7 +321,7 @@ fn normalize_email(email: &str) -> Result<String, RuntimeError> {
 
 /// A key secret: `prefix` and 40 characters of a-z, A-Z, 0-9 (238 bits; one
 /// word to double-click, unlike base64's `-` and `_`).
-fn new_secret(prefix: &str) -> Result<String, RuntimeError> {
+pub fn new_secret(prefix: &str) -> Result<String, RuntimeError> {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(prefix.len() + 40);
     out.push_str(prefix);
@@ -1445,41 +1446,6 @@ impl Runtime {
         Ok(self
             .invitation(link.org, link.id)?
             .filter(|i| i.token_hash == token_hash))
-    }
-
-    /// Writes a changed invitation (a new status; or a resend, with a new
-    /// token hash and expiry: `old_token_hash` stops leading to it). Writes
-    /// the whole record without checking its status: prefer the
-    /// compare-and-set [`Self::accept_invitation`],
-    /// [`Self::close_invitation`] and [`Self::renew_invitation`].
-    pub fn put_invitation(
-        &self,
-        invitation: &Invitation,
-        old_token_hash: Option<&str>,
-    ) -> Result<(), RuntimeError> {
-        let _guard = hold(&self.identity_locks().orgs);
-        self.known_org(invitation.org)?;
-        let key = with(invitation_prefix(invitation.org), invitation.id);
-        if self.get_record::<Invitation>(&key)?.is_none() {
-            return Err(RuntimeError::NotFound(format!(
-                "invitation {}",
-                invitation.id
-            )));
-        }
-        let link = InvitationRef {
-            org: invitation.org,
-            id: invitation.id,
-        };
-        let mut writes = vec![
-            StateWrite::Put(key, encode(invitation)),
-            StateWrite::Put(invitation_token_key(&invitation.token_hash), encode(&link)),
-        ];
-        if let Some(old) = old_token_hash
-            && old != invitation.token_hash
-        {
-            writes.push(StateWrite::Delete(invitation_token_key(old)));
-        }
-        self.commit_durably(writes)
     }
 
     /// Accepts the pending invitation a link's token (by hash) leads to, for

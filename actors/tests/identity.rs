@@ -404,9 +404,8 @@ fn an_email_has_one_open_invitation_per_organization() {
         );
 
         // Declined: a new invitation may follow.
-        let mut declined = first.clone();
-        declined.status = InvitationStatus::Declined;
-        rt.put_invitation(&declined, None).unwrap();
+        rt.close_invitation(org, first.id, None, InvitationStatus::Declined)
+            .unwrap();
         let second = rt
             .create_invitation(org, "carol@example.com", Role::Admin, ada.id, "i4", later)
             .unwrap();
@@ -425,10 +424,9 @@ fn an_email_has_one_open_invitation_per_organization() {
             .unwrap();
 
         // A resend: the old link stops working.
-        let mut resent = second.clone();
-        resent.token_hash = "i7".into();
-        resent.expires_at_ms = later + 1000;
-        rt.put_invitation(&resent, Some("i4")).unwrap();
+        let resent = rt
+            .renew_invitation(org, second.id, "i7", later + 1000)
+            .unwrap();
         assert!(rt.invitation_by_token("i4").unwrap().is_none());
         (org, resent)
     });

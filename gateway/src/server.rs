@@ -48,6 +48,9 @@ pub fn settings(config: &Config) -> anyhow::Result<RuntimeSettings> {
         tick: std_duration(&config.engine.tick),
         max_inflight_per_partition: i64::from(config.server.max_pending_events),
         import_dir: config.storage.data_dir.join("imports"),
+        audit_retention_ms: parse_duration(&config.audit.retention)
+            .map_err(anyhow::Error::msg)?
+            .millis(),
         bootstrap: config.bootstrap.enabled.then(|| Bootstrap {
             org: config.bootstrap.org.clone(),
             write_key: config.bootstrap.write_key.clone(),
@@ -104,12 +107,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         &config.auth.cors_origins,
     );
-    start_audit_retention(
-        runtime.clone(),
-        parse_duration(&config.audit.retention)
-            .map_err(anyhow::Error::msg)?
-            .millis(),
-    );
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -123,27 +120,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: final snapshots");
     runtime.shutdown().await;
     Ok(())
-}
-
-/// Deletes audit entries and security events older than the retention, at
-/// start and then hourly.
-fn start_audit_retention(runtime: Runtime, retention_ms: i64) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(StdDuration::from_secs(3600));
-        loop {
-            every.tick().await;
-            let cutoff = crate::auth::now_ms() - retention_ms;
-            let r = runtime.clone();
-            match tokio::task::spawn_blocking(move || r.prune_audit(cutoff)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => {
-                    tracing::info!(deleted = n, "audit entries past their retention deleted")
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "audit retention failed"),
-                Err(_) => tracing::warn!("audit retention panicked"),
-            }
-        }
-    });
 }
 
 async fn shutdown_signal() {

@@ -73,6 +73,7 @@ pub fn settings(
         tick: Duration::from_millis(50),
         max_inflight_per_partition: 100_000,
         import_dir,
+        audit_retention_ms: 365 * 24 * 3_600_000,
         bootstrap: Some(Bootstrap {
             org: org.into(),
             write_key: Some(write_key.into()),

@@ -182,17 +182,18 @@ fn check_password(password: &str) -> Result<(), Problem> {
         .map_err(|reason| Problem::field(StatusCode::UNPROCESSABLE_ENTITY, "/password", reason))
 }
 
+/// An address a sign-up may use: what the identity layer stores
+/// ([`xeno_actors::identity::normalize_email`]), with a domain that has a dot
+/// and nothing blank inside (a sign-up mails a link at once).
 fn check_email(email: &str) -> Result<String, Problem> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !valid {
+    let email = xeno_actors::identity::normalize_email(email).map_err(Problem::from)?;
+    let deliverable = email.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+    }) && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !deliverable {
         return Err(Problem::field(
             StatusCode::UNPROCESSABLE_ENTITY,
             "/email",

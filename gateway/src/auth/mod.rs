@@ -10,7 +10,6 @@ pub mod throttle;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use xeno_connectors::mail::{Mail, SmtpConfig, SmtpMailer, SmtpSecurity};
 use xeno_connectors::oidc::{OidcClient, OidcConfig};
 
@@ -150,27 +149,15 @@ impl Outbox {
     }
 }
 
-/// A new secret: `prefix` then 43 characters of base64url (256 random bits).
+/// A new secret: `prefix` then 40 random characters of a-z, A-Z, 0-9 (the
+/// generator of machine keys).
 pub fn random_secret(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS has randomness");
-    use base64::Engine as _;
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    xeno_actors::identity::new_secret(prefix).expect("the OS has randomness")
 }
 
-/// How a secret is stored: SHA-256, hex. Secrets are 256 random bits, so a
-/// fast hash is enough (passwords use argon2id).
-pub fn hash_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
+/// How a secret is stored: SHA-256, hex, as machine keys are. Secrets are
+/// random and long, so a fast hash is enough (passwords use argon2id).
+pub use xeno_actors::catalog::hash_key as hash_secret;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
